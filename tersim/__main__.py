@@ -1,0 +1,5 @@
+import sys
+
+from tersim.cli import main
+
+sys.exit(main())

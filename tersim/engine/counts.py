@@ -1,0 +1,42 @@
+"""Per-layer operation counts of the integer datapath (docs/ARCHITECTURE.md, "Event counts").
+
+Counts depend only on the weights and shapes, not on the data: a padded position still occupies its PE,
+as it does on the array. They are per input sample (batch 1).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from tersim.quantize.graph import QuantizedLayer, num_groups
+
+
+@dataclass(frozen=True)
+class OpCounts:
+    macs: int            # FP32-equivalent multiply-accumulates
+    adds: int            # MACs with a non-zero weight code (an add/sub on a ternary PE)
+    skips: int           # MACs with a zero weight code
+    mults: int           # multiplications left: group scaling (+ every MAC of an int8-weight layer)
+    scale_mults: int     # group-scaling multiplies alone
+
+    @property
+    def mults_eliminated(self) -> float:
+        return 1.0 - self.mults / self.macs if self.macs else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "mults_eliminated": self.mults_eliminated}
+
+
+def layer_counts(layer: QuantizedLayer) -> OpCounts:
+    """Counts for one conv/linear layer at batch 1."""
+    node = layer.node
+    codes = layer.codes
+    cout, cin_g = codes.shape[0], codes.shape[1]
+    kh, kw = (codes.shape[2], codes.shape[3]) if codes.ndim == 4 else (1, 1)
+    pixels = int(np.prod(node.shape[1:])) if node.op == "conv2d" else 1
+    macs = pixels * codes.size
+    adds = pixels * int(np.count_nonzero(codes))
+    scale_mults = pixels * cout * kh * kw * num_groups(cin_g, layer.group_size)
+    mults = scale_mults + (macs if layer.weight_kind == "int8" else 0)
+    return OpCounts(macs=macs, adds=adds, skips=macs - adds, mults=mults, scale_mults=scale_mults)

@@ -1,0 +1,29 @@
+"""One exception family: the CLI prints any TersimError as a single line and exits non-zero."""
+from __future__ import annotations
+
+
+class TersimError(Exception):
+    """A user-facing error: the message names the file, field or graph node at fault."""
+
+    exit_code = 2
+
+
+class ConfigError(TersimError):
+    """The hardware YAML is missing, malformed or has an invalid field."""
+
+
+class ModelLoadError(TersimError):
+    """The model file cannot be read safely or is in an unknown format."""
+
+
+class UnsupportedOpsError(TersimError):
+    """The graph holds ops tersim cannot lower; lists every one, with its node name."""
+
+    def __init__(self, offenders: list[tuple[str, str]], source: str = "model"):
+        self.offenders = offenders
+        listed = ", ".join(f"{op} (node '{node}')" for node, op in offenders)
+        super().__init__(f"{source}: {len(offenders)} unsupported op(s): {listed}")
+
+
+class DataError(TersimError):
+    """An evaluation/calibration data file is missing or malformed."""

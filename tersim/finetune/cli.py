@@ -1,0 +1,166 @@
+"""`tersim finetune MODEL [--data TRAIN] [--val VAL] -o OUT.pt2 ...`: quantization-aware fine-tuning.
+
+Parses only; the work is tersim.finetune.train. Wire into tersim/cli.py with
+`add_parser(sub)` in build_parser() and `"finetune": cmd_finetune` in main()'s dispatch table.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tersim.errors import TersimError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+DEFAULT_TRAIN = EXAMPLES / "digits_train.npz"
+DEFAULT_VAL = EXAMPLES / "digits_test.npz"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _input_shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--input-shape wants comma-separated ints like 1,8,8, got '{text}'") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `finetune` sub-command to tersim's argument parser."""
+    from tersim.finetune.methods import METHODS
+
+    p = subparsers.add_parser(
+        "finetune", help="quantization-aware fine-tuning (FGQ ternary weights, DFP activations) -> new model file",
+        description="Fine-tune a model with the FGQ/DFP quantizers of `tersim run` in the loop (straight-through "
+                    "estimators) and write a torch.export archive of the float shadow weights (BN folded) that "
+                    "`tersim run`/`verify` ternarize to the trained codes and alphas.")
+    p.add_argument("model", help="model file (torch.export archive .pt2; TorchScript/pickle as for `run`)")
+    p.add_argument("-o", "--output", required=True, help="fine-tuned model file to write (.pt2)")
+    p.add_argument("--data", help=f"labelled training data .npz/.pt with x, y (default: {DEFAULT_TRAIN.name})")
+    p.add_argument("--val", help=f"labelled data for the per-epoch accuracy (default: {DEFAULT_VAL.name} when its "
+                                 "shape fits the model); 'none' to skip")
+    p.add_argument("--hw", help="hardware config YAML: group size, activation bits, ternarization method, "
+                                "first/last policy, calibration batches (default: built-in defaults)")
+    p.add_argument("--group-size", "-N", type=_positive, help="FGQ group size N (default: from the hw config)")
+    p.add_argument("--act-bits", type=int, choices=(8, 4), help="activation bits (default: from the hw config)")
+    p.add_argument("--method", choices=METHODS, default="ste", help="fine-tuning method (default: ste)")
+    p.add_argument("--fgq-method", choices=("exact", "twn", "twn_asym"),
+                   help="ternarization rule, `run --method` (default: from the hw config)")
+    p.add_argument("--first-last", choices=("int8", "ternary"), help="first/last layer weights (default: config)")
+    p.add_argument("--epochs", type=_positive, default=10, help="training epochs (default: 10)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine-decayed to 0 (default: 1e-3)")
+    p.add_argument("--batch-size", type=_positive, default=64, help="(default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    p.add_argument("--checkpoint-dir", help="write DIR/epoch_NNN.pt after each epoch, keeping the newest 2 "
+                                            "(default: OUTPUT's name + '_checkpoints' beside it)")
+    p.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints")
+    p.add_argument("--resume", help="checkpoint file (or checkpoint directory: its newest) to continue from; "
+                                    "all other options must be the same as in the interrupted run")
+    g = p.add_argument_group("method options (see `reports/finetune.md`)")
+    g.add_argument("--schedule", help="progressive: stages, e.g. w8,w4,wt,wt+a8 (default; +a4 stage for 4-bit acts)")
+    g.add_argument("--sp-start", type=float, default=0.5, help="stochastic: fraction of layers quantized at first")
+    g.add_argument("--sp-full", type=float, default=0.2, help="stochastic: final fraction of steps fully quantized")
+    g.add_argument("--kd-lambda", type=float, default=1.0, help="kd: weight of the distillation term")
+    g.add_argument("--kd-temperature", type=float, default=2.0, help="kd: softmax temperature")
+    g.add_argument("--kd-features", type=_names, default=(), help="kd: IR node names to match, comma-separated")
+    g.add_argument("--kd-feature-weight", type=float, default=1.0, help="kd: weight of the feature term")
+    p.add_argument("--no-engine-eval", action="store_true",
+                   help="skip the final accuracy check of the written model on tersim's integer engine")
+    p.add_argument("--input-shape", type=_input_shape, help="C,H,W for TorchScript/pickled models")
+    p.add_argument("--trust-pickle", action="store_true", help="allow a pickled nn.Module (only files you trust)")
+    p.set_defaults(func=cmd_finetune)
+
+
+def _load(path: Path, graph, what: str):
+    from tersim.data import check_input_shape, load_dataset
+    from tersim.errors import DataError
+
+    try:
+        x, y = load_dataset(path)
+    except DataError as exc:  # keep it to one line (torch.load's messages run over many)
+        raise DataError(str(exc).strip().splitlines()[0].strip()) from None
+    check_input_shape(x, graph.input_shape, f"{what} {path}")
+    if y is None:
+        raise DataError(f"{path}: no array 'y' (labels): fine-tuning needs labelled data")
+    return x, y
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Run `tersim finetune`; TersimErrors propagate to tersim.cli.main (one line, exit 2)."""
+    from tersim.config import Accelerator, load_accelerator
+    from tersim.data import load_dataset
+    from tersim.finetune.train import FinetuneConfig, finetune, save_model
+    from tersim.frontend import import_model
+
+    hw = load_accelerator(args.hw) if args.hw else Accelerator()
+    graph = import_model(args.model, input_shape=args.input_shape, trust_pickle=args.trust_pickle)
+    train_path = Path(args.data) if args.data else DEFAULT_TRAIN
+    train = _load(train_path, graph, "data")
+    val, val_path = None, None
+    if args.val is None:
+        if DEFAULT_VAL.is_file():
+            x, y = load_dataset(DEFAULT_VAL)
+            if tuple(x.shape[1:]) == tuple(graph.input_shape):
+                val, val_path = (x, y), DEFAULT_VAL
+    elif args.val.lower() != "none":
+        val_path = Path(args.val)
+        val = _load(val_path, graph, "val")
+    output = Path(args.output)
+    ckpt_dir = None if args.no_checkpoints else Path(args.checkpoint_dir or output.with_name(output.stem + "_checkpoints"))
+
+    cfg = FinetuneConfig(
+        group_size=args.group_size or hw.group_scaling.group_size, act_bits=args.act_bits or hw.pe.act_bits,
+        method=args.method, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+        fgq_method=args.fgq_method or hw.quantization.method, first_last=args.first_last or hw.quantization.first_last,
+        schedule=args.schedule, sp_start=args.sp_start, sp_full=args.sp_full, kd_lambda=args.kd_lambda,
+        kd_temperature=args.kd_temperature, kd_features=tuple(args.kd_features),
+        kd_feature_weight=args.kd_feature_weight)
+    print(f"tersim finetune: {graph.name}, method {cfg.method}, FGQ N={cfg.group_size} ({cfg.fgq_method}), "
+          f"{cfg.act_bits}-bit activations, {cfg.epochs} epochs, train {train_path} ({len(train[0])} samples)"
+          + (f", val {val_path}" if val_path else ", no validation data"))
+    try:
+        from tqdm import tqdm
+
+        log = tqdm.write
+    except ImportError:  # pragma: no cover
+        log = print
+    result = finetune(graph, train, cfg, hw=hw, val=val, checkpoint_dir=ckpt_dir, resume=args.resume,
+                      progress=sys.stderr.isatty(), log=log, train_name=str(train_path), val_name=str(val_path))
+    if result.initial:
+        print(f"before fine-tuning: val acc FP32 {result.initial['val_acc_fp32']:.2%}, "
+              f"fake-quant {result.initial['val_acc_fakequant']:.2%}")
+    save_model(result, output)
+    print(f"wrote {output} (re-imported: FGQ codes and alphas equal the trained ones)")
+    if val is not None and not args.no_engine_eval:
+        from tersim.pipeline import run
+
+        s = run(hw, output, data=val, group_size=cfg.group_size, act_bits=cfg.act_bits, method=cfg.fgq_method,
+                first_last=cfg.first_last).summary.iloc[0]
+        print(f"integer engine (tersim run) on {val_path}: accuracy {s.accuracy_quant:.2%} "
+              f"(FP32 of the fine-tuned weights {s.accuracy_fp32:.2%})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (`python -m tersim.finetune.cli ...`) until tersim/cli.py wires the sub-command."""
+    parser = argparse.ArgumentParser(prog="tersim")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TersimError as exc:
+        print(f"tersim: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

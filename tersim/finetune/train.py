@@ -1,0 +1,405 @@
+"""Quantization-aware fine-tuning loop, checkpoints/resume, and the model file it writes.
+
+    graph (BN folded) -> GraphNet (shadow weights) -> epochs of STE training under a method's plans
+    -> torch.export of the float shadow weights (+ metadata) -> re-import check: same codes/alphas
+
+Quantizers are tersim/quantize's (FGQ ternary / int8 weights, DFP activations). FGQ groups and
+alphas are recomputed from the shadow weights at every forward pass, as `tersim run` computes them
+once from the saved weights: the saved file holds those same float32 tensors bit for bit, so `run`
+ternarizes it to exactly the codes and alphas of the last training forward (checked after writing).
+Activation formats (power-of-two fracs) are recalibrated with `run`'s own rule (quantize_graph on
+the first calibration batches of the training data, float model) at the start of every epoch.
+
+Determinism: every random choice derives from the seed (`numpy.random.default_rng([seed, tag, i])`
+per epoch for the shuffle, per step for stochastic precision), the lr is a pure function of the
+step, and torch runs with deterministic algorithms; a rerun with the same seed and thread count is
+identical, and a resumed run continues exactly as the uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from tersim.config import Accelerator
+from tersim.data import check_input_shape
+from tersim.errors import DataError
+from tersim.finetune.graph_module import FLOAT_PLAN, FloatExport, GraphNet
+from tersim.finetune.methods import (METHODS, FinetuneError, JointKD, Method, Progressive, Stochastic,
+                                     parse_schedule, default_schedule)
+from tersim.frontend import Graph, import_model
+from tersim.pipeline import CALIBRATION_BATCH
+from tersim.quantize.graph import quantize_graph
+
+CKPT_FORMAT = "tersim-finetune-checkpoint/1"
+METADATA_FILE = "tersim_finetune.json"
+EVAL_BATCH = 256
+KEEP_CHECKPOINTS = 2
+_SHUFFLE, _STOCHASTIC = 0, 1  # rng stream tags
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that determines a fine-tuning run (saved in checkpoints and in the model file)."""
+
+    group_size: int
+    act_bits: int
+    method: str = "ste"
+    epochs: int = 10
+    lr: float = 1e-3                 # Adam, cosine decay to 0 over all steps
+    batch_size: int = 64
+    seed: int = 0
+    fgq_method: str = "exact"        # ternarization rule (quantization.method of the hw config)
+    first_last: str = "int8"         # first/last layer weights (quantization.first_last)
+    schedule: str | None = None      # progressive: stages, default methods.default_schedule(act_bits)
+    sp_start: float = 0.5            # stochastic: fraction of layers quantized at step 0
+    sp_full: float = 0.2             # stochastic: final fraction of steps fully quantized
+    kd_lambda: float = 1.0           # kd: weight of the distillation (KL) term
+    kd_temperature: float = 2.0      # kd: softmax temperature T
+    kd_features: tuple[str, ...] = ()  # kd: IR node names whose outputs are matched (normalised MSE)
+    kd_feature_weight: float = 1.0   # kd: weight mu of the feature term
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise FinetuneError(f"--method: unknown method '{self.method}'; choose one of {', '.join(METHODS)}")
+        for name in ("group_size", "act_bits", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise FinetuneError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise FinetuneError(f"--lr must be > 0, got {self.lr}")
+        if self.method == "progressive":
+            parse_schedule(self.schedule or default_schedule(self.act_bits), self.act_bits)
+
+
+def make_method(cfg: FinetuneConfig) -> Method:
+    if cfg.method == "progressive":
+        return Progressive(cfg.act_bits, cfg.epochs, cfg.schedule)
+    if cfg.method == "stochastic":
+        return Stochastic(cfg.act_bits, cfg.epochs, cfg.seed, cfg.sp_start, cfg.sp_full)
+    if cfg.method == "kd":
+        return JointKD(cfg.act_bits, cfg.epochs, cfg.kd_lambda, cfg.kd_temperature, cfg.kd_features,
+                       cfg.kd_feature_weight)
+    return Method(cfg.act_bits, cfg.epochs)
+
+
+@dataclass
+class FinetuneResult:
+    """The trained student (and teacher for kd), per-epoch history and what the run started from."""
+
+    net: GraphNet
+    config: FinetuneConfig
+    hw: Accelerator
+    history: pd.DataFrame
+    calibration: list[np.ndarray]
+    fingerprint: str
+    teacher: GraphNet | None = None
+    initial: dict[str, float] = field(default_factory=dict)  # val accuracies before training
+    train_seconds: float = 0.0  # wall time of the epochs run by this call (no evaluation, no I/O)
+
+
+def graph_fingerprint(graph: Graph) -> str:
+    """sha256 over the structure and weights: a resume must start from the same model."""
+    h = hashlib.sha256()
+    for node in graph.nodes:
+        h.update(f"{node.name}|{node.op}|{node.inputs}|{sorted(node.attrs.items())}".encode())
+        for t in (node.weight, node.bias):
+            if t is not None:
+                h.update(np.ascontiguousarray(t, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def lr_at(cfg: FinetuneConfig, step: int, total_steps: int) -> float:
+    """Cosine decay from cfg.lr to 0: a pure function of the step (nothing to checkpoint)."""
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
+
+
+@torch.no_grad()
+def accuracy(net: GraphNet, x: torch.Tensor, y: torch.Tensor, plan=FLOAT_PLAN) -> float:
+    correct = 0
+    for i in range(0, len(x), EVAL_BATCH):
+        correct += int((net(x[i:i + EVAL_BATCH], plan).argmax(1) == y[i:i + EVAL_BATCH]).sum())
+    return correct / max(1, len(x))
+
+
+def _check_labelled(data: tuple[np.ndarray, np.ndarray | None], graph: Graph, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = data
+    if y is None:
+        raise DataError(f"{what}: no labels: fine-tuning needs an array 'y' of class labels")
+    check_input_shape(x, graph.input_shape, what)
+    if len(x) == 0:
+        raise DataError(f"{what}: no samples")
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(y.astype(np.int64))
+
+
+def finetune(
+    model: Graph | str | Path,
+    train: tuple[np.ndarray, np.ndarray | None],
+    config: FinetuneConfig,
+    *,
+    hw: Accelerator | None = None,
+    val: tuple[np.ndarray, np.ndarray | None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    train_name: str = "train data",
+    val_name: str = "val data",
+) -> FinetuneResult:
+    """Fine-tune `model` (file or lowered Graph) with quantization in the loop; see the module docstring.
+
+    `train`/`val` are (x, y) as tersim.data.load_dataset returns them. `hw` supplies the calibration
+    batch count and scale bits (default: the built-in hardware defaults). Returns the trained net;
+    write it with `save_model`.
+    """
+    config.validate()
+    hw = hw or Accelerator()
+    graph = model if isinstance(model, Graph) else import_model(model)
+    xt, yt = _check_labelled(train, graph, train_name)
+    xv, yv = _check_labelled(val, graph, val_name) if val is not None else (None, None)
+    if config.kd_features:
+        unknown = [f for f in config.kd_features if f not in {n.name for n in graph.nodes}]
+        if unknown:
+            raise FinetuneError(f"--kd-features: no node(s) {unknown} in the graph; "
+                                f"nodes are {[n.name for n in graph.nodes]}")
+    log = log or (lambda msg: None)
+    method = make_method(config)
+    fingerprint = graph_fingerprint(graph)
+    calibration = [xt[i:i + CALIBRATION_BATCH].numpy()
+                   for i in range(0, len(xt), CALIBRATION_BATCH)][: hw.quantization.calibration_batches]
+
+    def calibrate(net: GraphNet, bits: list[int]) -> None:
+        net.calibrate(calibration, hw, config.group_size, bits, config.fgq_method, config.first_last)
+
+    net = GraphNet(graph)
+    teacher = copy.deepcopy(net) if method.uses_teacher else None
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    teacher_opt = torch.optim.Adam(teacher.parameters(), lr=config.lr) if teacher is not None else None
+    history: list[dict] = []
+    start_epoch = 0
+
+    calibrate(net, [config.act_bits])
+    initial = {}
+    if xv is not None:
+        initial = {"val_acc_fp32": accuracy(net, xv, yv),
+                   "val_acc_fakequant": accuracy(net, xv, yv, net.full_plan(config.act_bits))}
+    if resume is not None:
+        ckpt = load_checkpoint(resume, config, fingerprint)
+        net.load_state_dict(ckpt["student"])
+        opt.load_state_dict(ckpt["opt"])
+        if teacher is not None:
+            teacher.load_state_dict(ckpt["teacher"])
+            teacher_opt.load_state_dict(ckpt["teacher_opt"])
+        history = list(ckpt["history"])
+        start_epoch = int(ckpt["epoch"])
+        log(f"resumed from {resume} after epoch {start_epoch}/{config.epochs}")
+
+    steps_per_epoch = math.ceil(len(xt) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    feats = tuple(config.kd_features) if teacher is not None else ()
+    previous_det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(config.seed)
+    train_seconds = 0.0
+    epochs = range(start_epoch, config.epochs)
+    if progress:
+        from tqdm import tqdm
+
+        epochs = tqdm(epochs, total=config.epochs, initial=start_epoch, desc=f"finetune {config.method}", unit="epoch")
+    try:
+        for epoch in epochs:
+            t0 = time.perf_counter()
+            calibrate(net, method.act_bits_needed(epoch))
+            perm = torch.from_numpy(np.random.default_rng([config.seed, _SHUFFLE, epoch]).permutation(len(xt)))
+            net.train()
+            loss_sum, correct = 0.0, 0
+            batches = range(steps_per_epoch)
+            if progress:
+                batches = tqdm(batches, desc=f"epoch {epoch + 1}", unit="step", leave=False)
+            for b in batches:
+                step = epoch * steps_per_epoch + b
+                idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
+                xb, yb = xt[idx], yt[idx]
+                lr = lr_at(config, step, total_steps)
+                for o in (opt, teacher_opt):
+                    if o is not None:
+                        for g in o.param_groups:
+                            g["lr"] = lr
+                plan = method.plan(net, epoch, step, total_steps)
+                if teacher is None:
+                    logits = net(xb, plan)
+                    loss = F.cross_entropy(logits, yb)
+                else:
+                    logits, fs = net(xb, plan, feats) if feats else (net(xb, plan), {})
+                    zt, ft = teacher(xb, FLOAT_PLAN, feats) if feats else (teacher(xb), {})
+                    loss, teacher_loss, _ = method.losses(logits, zt, yb, fs, ft)
+                    teacher_opt.zero_grad()
+                    teacher_loss.backward()
+                    teacher_opt.step()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                loss_sum += loss.item() * len(idx)
+                correct += int((logits.argmax(1) == yb).sum())
+                if progress:
+                    batches.set_postfix(loss=f"{loss.item():.4f}")
+            train_seconds += time.perf_counter() - t0
+            row = {"epoch": epoch + 1, "stage": method.stage(epoch), "loss": loss_sum / len(xt),
+                   "train_acc": correct / len(xt), "seconds": time.perf_counter() - t0}
+            if xv is not None:
+                calibrate(net, [config.act_bits])
+                row["val_acc"] = accuracy(net, xv, yv, net.full_plan(config.act_bits))
+                if teacher is not None:
+                    row["teacher_val_acc"] = accuracy(teacher, xv, yv)
+            history.append(row)
+            line = (f"epoch {epoch + 1}/{config.epochs} [{row['stage']}] loss {row['loss']:.4f} "
+                    f"train acc {row['train_acc']:.2%}" + (f" val acc {row['val_acc']:.2%}" if "val_acc" in row else ""))
+            if progress:
+                epochs.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['train_acc']:.2%}",
+                                   **({"val": f"{row['val_acc']:.2%}"} if "val_acc" in row else {}))
+            log(line)
+            if checkpoint_dir is not None:
+                save_checkpoint(Path(checkpoint_dir), epoch + 1, config, fingerprint, net, opt, teacher,
+                                teacher_opt, history)
+    finally:
+        torch.use_deterministic_algorithms(previous_det)
+    calibrate(net, [config.act_bits])
+    net.eval()
+    return FinetuneResult(net=net, config=config, hw=hw, history=pd.DataFrame(history), calibration=calibration,
+                          fingerprint=fingerprint, teacher=teacher, initial=initial, train_seconds=train_seconds)
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+
+def _atomic_write(path: Path, write: Callable) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _config_dict(cfg: FinetuneConfig) -> dict:
+    d = asdict(cfg)
+    d["kd_features"] = list(d["kd_features"])
+    return d
+
+
+def save_checkpoint(directory: Path, epoch: int, cfg: FinetuneConfig, fingerprint: str, net: GraphNet,
+                    opt: torch.optim.Optimizer, teacher: GraphNet | None, teacher_opt: torch.optim.Optimizer | None,
+                    history: list[dict]) -> Path:
+    """DIR/epoch_NNN.pt after each epoch; only the newest KEEP_CHECKPOINTS are kept."""
+    state = {"format": CKPT_FORMAT, "epoch": epoch, "config": _config_dict(cfg), "fingerprint": fingerprint,
+             "student": net.state_dict(), "opt": opt.state_dict(), "history": history}
+    if teacher is not None:
+        state["teacher"], state["teacher_opt"] = teacher.state_dict(), teacher_opt.state_dict()
+    path = directory / f"epoch_{epoch:03d}.pt"
+    _atomic_write(path, lambda f: torch.save(state, f))
+    for old in sorted(directory.glob("epoch_*.pt"))[:-KEEP_CHECKPOINTS]:
+        old.unlink()
+    return path
+
+
+def load_checkpoint(path: str | Path, cfg: FinetuneConfig, fingerprint: str) -> dict:
+    """Read a checkpoint (a file, or a directory: its newest epoch_NNN.pt) and check it matches this run."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("epoch_*.pt"))
+        if not found:
+            raise FinetuneError(f"{path}: no epoch_NNN.pt checkpoint in this directory")
+        path = found[-1]
+    if not path.is_file():
+        raise FinetuneError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FinetuneError(f"{path}: cannot read checkpoint: {str(exc).strip().splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        raise FinetuneError(f"{path}: not a tersim finetune checkpoint")
+    if ckpt["fingerprint"] != fingerprint:
+        raise FinetuneError(f"{path}: checkpoint was made from a different model file")
+    saved, now = ckpt["config"], _config_dict(cfg)
+    diff = [k for k in now if saved.get(k) != now[k]]
+    if diff:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
+        raise FinetuneError(f"{path}: options differ from the checkpoint's ({detail}); resume with the same options")
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------------- output model
+
+def export_program(net: GraphNet) -> torch.export.ExportedProgram:
+    """torch.export of the float shadow-weight net; the batch dimension is dynamic (any batch size runs)."""
+    example = torch.zeros((2, *net.graph.input_shape))  # batch 2: export would specialise a batch of 1
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        return torch.export.export(FloatExport(net).eval(), (example,), dynamic_shapes=({0: batch},))
+
+
+def _datapath_params(graph: Graph, result: FinetuneResult) -> list[tuple]:
+    cfg = result.config
+    q = quantize_graph(graph, result.calibration, result.hw, group_size=cfg.group_size, act_bits=cfg.act_bits,
+                       method=cfg.fgq_method, first_last=cfg.first_last)
+    return [(layer.node.op, layer.weight_kind, layer.codes, layer.alpha_q, layer.alpha_frac)
+            for layer in q.layers.values() if layer.weight_kind is not None]
+
+
+def check_round_trip(result: FinetuneResult, path: str | Path) -> None:
+    """The written file must re-import to the trained weights and ternarize to the trained codes/alphas."""
+    trained = _datapath_params(result.net.to_graph(), result)
+    written = _datapath_params(import_model(path), result)
+    same = len(trained) == len(written) and all(
+        a[0] == b[0] and a[1] == b[1] and a[4] == b[4] and np.array_equal(a[2], b[2]) and np.array_equal(a[3], b[3])
+        for a, b in zip(trained, written))
+    if not same:
+        raise FinetuneError(f"{path}: the written model does not quantize to the trained codes/alphas")
+
+
+def metadata(result: FinetuneResult) -> dict:
+    cfg = result.config
+    q = result.net.qgraphs[cfg.act_bits]
+    return {
+        "tersim_finetune": 1, "config": _config_dict(cfg), "hw": result.hw.name,
+        "scale_bits": result.hw.group_scaling.scale_bits, "source_fingerprint": result.fingerprint,
+        "act_fracs": {name: layer.out.frac for name, layer in q.layers.items()},
+        "initial": result.initial, "history": result.history.to_dict(orient="records"),
+    }
+
+
+def save_model(result: FinetuneResult, path: str | Path) -> Path:
+    """Write the torch.export archive (metadata in `tersim_finetune.json`) atomically, then check it."""
+    path = Path(path)
+    ep = export_program(result.net)
+    extra = {METADATA_FILE: json.dumps(metadata(result), indent=1, default=float)}
+    _atomic_write(path, lambda f: torch.export.save(ep, f, extra_files=extra))
+    check_round_trip(result, path)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict | None:
+    """The fine-tuning metadata of a model file written by save_model (None for other files)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        names = [n for n in zf.namelist() if n.endswith(METADATA_FILE)]
+        return json.loads(zf.read(names[0])) if names else None
+
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "save_model", "check_round_trip", "export_program",
+           "read_metadata", "load_checkpoint", "save_checkpoint", "make_method"]

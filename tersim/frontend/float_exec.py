@@ -1,0 +1,100 @@
+"""Run a tersim Graph in floating point with torch.nn.functional.
+
+This is the reference for "the IR computes what the PyTorch model computes" (float64 by default)
+and the float model that calibration and the FP32 deviation report use (float32).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tersim.frontend.ir import Graph, Node
+
+
+def _conv2d(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
+    a = node.attrs
+    return F.conv2d(xs[0], p["weight"], p.get("bias"), a["stride"], a["padding"], a["dilation"], a["groups"])
+
+
+def _linear(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
+    return F.linear(xs[0], p["weight"], p.get("bias"))
+
+
+def _relu(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
+    return F.relu(xs[0])
+
+
+def _clamp(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
+    return torch.clamp(xs[0], node.attrs["min"], node.attrs["max"])
+
+
+def _max_pool2d(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
+    a = node.attrs
+    return F.max_pool2d(xs[0], a["kernel"], a["stride"], a["padding"], a["dilation"], ceil_mode=a["ceil_mode"])
+
+
+def _avg_pool2d(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
+    a = node.attrs
+    return F.avg_pool2d(xs[0], a["kernel"], a["stride"], a["padding"], ceil_mode=a["ceil_mode"],
+                        count_include_pad=a["count_include_pad"], divisor_override=a["divisor_override"])
+
+
+def _adaptive_avg_pool2d(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
+    return F.adaptive_avg_pool2d(xs[0], node.attrs["output_size"])
+
+
+def _add(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
+    return xs[0] + xs[1]
+
+
+def _flatten(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
+    return xs[0].reshape(xs[0].shape[0], -1)
+
+
+def _concat(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
+    return torch.cat(xs, dim=node.attrs["dim"])
+
+
+OPS: dict[str, Callable[[Node, list[torch.Tensor], dict], torch.Tensor]] = {
+    "conv2d": _conv2d,
+    "linear": _linear,
+    "relu": _relu,
+    "clamp": _clamp,
+    "max_pool2d": _max_pool2d,
+    "avg_pool2d": _avg_pool2d,
+    "adaptive_avg_pool2d": _adaptive_avg_pool2d,
+    "add": _add,
+    "flatten": _flatten,
+    "concat": _concat,
+}
+
+
+def execute_float(graph: Graph, x: np.ndarray, dtype=np.float64,
+                  return_all: bool = False) -> np.ndarray | dict[str, np.ndarray]:
+    """Run `graph` on the batch `x` (N, *input_shape) in `dtype`.
+
+    Returns the output array, or with `return_all` a dict node name -> output for every node
+    (the 'input' node included), in graph order.
+    """
+    tdtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+    x = np.asarray(x)
+    if tuple(x.shape[1:]) != tuple(graph.input_shape):
+        raise ValueError(f"{graph.name}: input batch shape {x.shape} does not match (N, *{graph.input_shape})")
+    values: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for node in graph.nodes:
+            if node.op == "input":
+                values[node.name] = torch.from_numpy(np.ascontiguousarray(x)).to(tdtype)
+                continue
+            params = {}
+            if node.weight is not None:
+                params["weight"] = torch.from_numpy(node.weight).to(tdtype)
+            if node.bias is not None:
+                params["bias"] = torch.from_numpy(node.bias).to(tdtype)
+            values[node.name] = OPS[node.op](node, [values[i] for i in node.inputs], params)
+    if return_all:
+        return {name: t.numpy() for name, t in values.items()}
+    return values[graph.output].numpy()

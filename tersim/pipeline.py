@@ -1,0 +1,166 @@
+"""The main job as one function: model + hardware -> ternarized, executed, timed, reported.
+
+    frontend.import_model → quantize.quantize_graph → engine.execute (+ float reference)
+    → engine.counts / timing → report DataFrames
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tersim.config import Accelerator, load_accelerator
+from tersim.data import check_input_shape, load_dataset, synthetic_inputs
+from tersim.engine.counts import layer_counts
+from tersim.engine.execute import dequantize_output, execute
+from tersim.frontend import Graph, execute_float, import_model
+from tersim.quantize.graph import QuantizedGraph, QuantizedLayer, quantize_graph
+from tersim.report.metrics import deviation
+from tersim.timing.analytic import baseline_layer_timing, layer_timing
+from tersim.timing.shapes import LayerShape
+from tersim.timing.summary import model_summary
+
+CALIBRATION_BATCH = 32
+SYNTHETIC_SAMPLES = 16
+
+
+@dataclass
+class RunResult:
+    """`layers`: one row per conv/linear layer; `summary`: one row for the model; `qgraph` for further study."""
+
+    layers: pd.DataFrame
+    summary: pd.DataFrame
+    qgraph: QuantizedGraph
+
+
+def layer_shape(graph: Graph, layer: QuantizedLayer) -> LayerShape:
+    """The timing model's view of one weighted layer (batch 1; linear = 1x1 conv on one pixel)."""
+    node = layer.node
+    src = graph.node(node.inputs[0]).shape
+    if node.op == "linear":
+        cin, h, w, cout, oh, ow, kh, kw, (sh, sw), groups = src[0], 1, 1, node.shape[0], 1, 1, 1, 1, (1, 1), 1
+    else:
+        cin, h, w = src
+        cout, oh, ow = node.shape
+        kh, kw = node.weight.shape[2:]
+        sh, sw = node.attrs["stride"]
+        groups = node.attrs["groups"]
+    return LayerShape(
+        name=node.name, batch=1, in_channels=cin, in_h=h, in_w=w, out_channels=cout, out_h=oh, out_w=ow,
+        kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, groups=groups, weight_kind=layer.weight_kind,
+        group_size=layer.group_size, zero_fraction=layer.stats["sparsity"],
+    )
+
+
+def _batches(x: np.ndarray, size: int):
+    for start in range(0, len(x), size):
+        yield x[start:start + size]
+
+
+@dataclass
+class Prepared:
+    """The stages every command shares: validated hardware, lowered graph, inputs, quantized graph."""
+
+    hw: Accelerator
+    graph: Graph
+    x: np.ndarray
+    y: np.ndarray | None
+    qgraph: QuantizedGraph
+
+
+def prepare(
+    hw: Accelerator | str | Path,
+    model: Graph | str | Path,
+    *,
+    data: str | Path | tuple[np.ndarray, np.ndarray | None] | None = None,
+    group_size: int | None = None,
+    act_bits: int | None = None,
+    method: str | None = None,
+    first_last: str | None = None,
+    limit: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    trust_pickle: bool = False,
+) -> Prepared:
+    """Load the hardware, the model and the data, calibrate on the first batches and quantize."""
+    if not isinstance(hw, Accelerator):
+        hw = load_accelerator(hw)
+    graph = model if isinstance(model, Graph) else import_model(model, input_shape=input_shape, trust_pickle=trust_pickle)
+    if data is None:
+        x, y = synthetic_inputs(graph.input_shape, SYNTHETIC_SAMPLES), None
+    else:
+        x, y = data if isinstance(data, tuple) else load_dataset(data)
+        check_input_shape(x, graph.input_shape, "data" if isinstance(data, tuple) else str(data))
+    if limit is not None:
+        x, y = x[:limit], (y[:limit] if y is not None else None)
+    calibration = list(_batches(x, CALIBRATION_BATCH))[: hw.quantization.calibration_batches]
+    qgraph = quantize_graph(graph, calibration, hw, group_size=group_size, act_bits=act_bits,
+                            method=method, first_last=first_last)
+    return Prepared(hw, graph, x, y, qgraph)
+
+
+def run(
+    hw: Accelerator | str | Path,
+    model: Graph | str | Path,
+    *,
+    batch_size: int = 64,
+    progress: bool = False,
+    **options,
+) -> RunResult:
+    """Ternarize `model` with FGQ, execute it bit-exactly on the integer engine and time it on `hw`.
+
+    `options` are those of `prepare` (data, group_size, act_bits, method, first_last, limit, input_shape,
+    trust_pickle).
+    """
+    p = prepare(hw, model, **options)
+    hw, graph, x, y, qgraph = p.hw, p.graph, p.x, p.y, p.qgraph
+
+    reference, quantized, overflow = [], [], {}
+    batches = _batches(x, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, total=-(-len(x) // batch_size), desc="executing", unit="batch", leave=False)
+    for xb in batches:
+        reference.append(execute_float(graph, xb, dtype=np.float32))
+        result = execute(qgraph, xb, keep_all=False)
+        quantized.append(dequantize_output(qgraph, result.output(qgraph)))
+        for name, events in result.overflow_events.items():
+            overflow[name] = overflow.get(name, 0) + events
+    metrics = deviation(np.concatenate(reference), np.concatenate(quantized), y)
+
+    rows, tern_timings, base_timings = [], [], []
+    for layer in qgraph.layers.values():
+        if layer.weight_kind is None:
+            continue
+        shape = layer_shape(graph, layer)
+        tern, base = layer_timing(shape, hw), baseline_layer_timing(shape, hw)
+        tern_timings.append(tern)
+        base_timings.append(base)
+        node = layer.node
+        rows.append({
+            "layer": node.name, "op": node.op, "out_shape": "x".join(map(str, node.shape)),
+            "weights": layer.weight_kind, "group_size": layer.group_size,
+            **layer_counts(layer).as_dict(),
+            "sparsity": layer.stats["sparsity"], "rel_error": layer.stats["rel_error"],
+            "overflow_events": overflow.get(node.name, 0),
+            **tern.as_dict(),
+            "baseline_cycles": base.total_cycles,
+            "speedup": base.total_cycles / tern.total_cycles if tern.total_cycles else float("nan"),
+        })
+    layers = pd.DataFrame(rows)
+    effective_n = qgraph.group_size
+    timing = model_summary(tern_timings, base_timings, hw, effective_n)
+    ternary = layers[layers.weights == "ternary"]
+    summary = {
+        "model": graph.name, "hw": hw.name, "group_size": qgraph.group_size, "act_bits": qgraph.act_bits,
+        "method": qgraph.method, "samples": len(x), "labelled": y is not None,
+        "macs": int(layers.macs.sum()), "mults": int(layers.mults.sum()),
+        "mults_eliminated": 1 - layers.mults.sum() / layers.macs.sum(),
+        "mults_eliminated_ternary_layers": (1 - ternary.mults.sum() / ternary.macs.sum()) if len(ternary) else 0.0,
+        "weight_sparsity": float((layers.sparsity * layers.macs).sum() / layers.macs.sum()),
+        "overflow_events": int(layers.overflow_events.sum()),
+        **timing, **metrics,
+    }
+    return RunResult(layers=layers, summary=pd.DataFrame([summary]), qgraph=qgraph)

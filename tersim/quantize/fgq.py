@@ -1,0 +1,348 @@
+"""Fine-Grained Quantization (FGQ) of weights: ternary groups, 8-bit layers, fixed-point alphas.
+
+FGQ (Mellempudi et al., 2017) splits a weight tensor into disjoint groups of N consecutive input
+channels -- for a conv kernel, for each output channel ``o`` and kernel position ``(ky, kx)`` --
+and approximates each group ``w_g`` by ``alpha_g * t_g`` with ``t_g`` in {-1, 0, +1} and one
+scale ``alpha_g >= 0``. Group ``g`` holds input channels ``c`` with ``c // N == g``; there are
+``G = ceil(Cin / N)`` groups and the last one may be shorter. A linear layer is a 1x1 conv.
+
+One torch implementation serves both uses:
+
+* post-training quantization (``ternarize``, ``quantize_int8_weights``): numpy in -> numpy out
+  (computed in float64), torch in -> torch out (computed in the input's precision, at least float32);
+* quantization-aware fine-tuning (``ste_ternarize``, ``ste_int8_weights``): the forward pass sees the
+  dequantized weight, the backward pass is the identity (straight-through estimator).
+
+Layouts (binding, see docs/ARCHITECTURE.md "Numerics contract"):
+
+* ``codes``: int8 with the weight's shape; {-1, 0, 1} for ternary layers, [-127, 127] for 8-bit ones.
+* ``alpha``: float, shape ``(Cout, kh, kw, G)`` (linear: ``(out, 1, 1, G)``). A group whose
+  support is empty (e.g. all-zero weights) gets ``alpha == 0`` and all-zero codes; the integer
+  datapath handles ``alpha_q == 0`` like any other scale.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Union
+
+import numpy as np
+import torch
+
+from tersim.quantize.activations import largest_frac
+
+Array = Union[np.ndarray, torch.Tensor]
+
+METHODS = ("exact", "twn", "twn_asym")
+TWN_FACTOR = 0.7  # TWN's threshold: delta = 0.7 * mean|w| (Li & Liu, 2016)
+INT8_QMAX = 127  # symmetric 8-bit weights: codes in [-127, 127]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _to_torch(x: Array) -> tuple[torch.Tensor, bool]:
+    """Return (float tensor, came_from_numpy). numpy goes to float64 so PTQ is as exact as possible."""
+    if isinstance(x, torch.Tensor):
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating-point tensor, got {x.dtype}")
+        return x.detach(), False
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"expected a real numeric array, got dtype {arr.dtype}")
+    return _as_tensor(arr.astype(np.float64, copy=False)), True
+
+
+def _as_tensor(x: Array) -> torch.Tensor:
+    """Any array as a tensor (no copy when possible), detached from autograd."""
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    arr = np.ascontiguousarray(x)
+    if not arr.flags.writeable:
+        arr = arr.copy()  # torch warns on read-only memory
+    return torch.from_numpy(arr)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; half/bfloat16 are upcast so sums and sorts are accurate."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _as_conv(w: torch.Tensor) -> torch.Tensor:
+    """View a linear weight (out, in) as a 1x1 conv weight (out, in, 1, 1)."""
+    if w.ndim == 2:
+        return w[:, :, None, None]
+    if w.ndim == 4:
+        return w
+    raise ValueError(f"weight must be 2-D (out, in) or 4-D (Cout, Cin, kh, kw), got shape {tuple(w.shape)}")
+
+
+def _check_group_size(group_size: int) -> int:
+    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
+        raise TypeError(f"group_size must be an int, got {group_size!r}")
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    return int(group_size)
+
+
+def _num_groups(cin: int, group_size: int) -> int:
+    return -(-cin // group_size)
+
+
+def _to_groups(w4: torch.Tensor, n: int) -> torch.Tensor:
+    """(Cout, Cin, kh, kw) -> (Cout, kh, kw, G, n), zero-padding the last group to length n."""
+    cout, cin, kh, kw = w4.shape
+    g = _num_groups(cin, n)
+    wt = w4.permute(0, 2, 3, 1).contiguous()  # (Cout, kh, kw, Cin): a group is contiguous in memory
+    if g * n != cin:
+        wt = torch.nn.functional.pad(wt, (0, g * n - cin))
+    return wt.reshape(cout, kh, kw, g, n)
+
+
+def _from_groups(x: torch.Tensor, cin: int) -> torch.Tensor:
+    """Inverse of _to_groups: (Cout, kh, kw, G, n) -> (Cout, Cin, kh, kw), padding dropped."""
+    cout, kh, kw, g, n = x.shape
+    return x.reshape(cout, kh, kw, g * n)[..., :cin].permute(0, 3, 1, 2).contiguous()
+
+
+def _group_counts(cin: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """Number of real (non-padding) weights in each group, shape (G,)."""
+    counts = torch.full((_num_groups(cin, n),), float(n), dtype=dtype)
+    counts[-1] = cin - (counts.numel() - 1) * n
+    return counts
+
+
+def _masked_mean(a: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of a over keep along the last axis; 0 where keep is empty."""
+    total = (a * keep).sum(-1)
+    count = keep.sum(-1)
+    return torch.where(count > 0, total / count.clamp(min=1).to(a.dtype), torch.zeros_like(total))
+
+
+def _out(codes: torch.Tensor, alpha: torch.Tensor, to_numpy: bool) -> tuple[Array, Array]:
+    if to_numpy:
+        return codes.numpy(), alpha.numpy()
+    return codes, alpha
+
+
+# ----------------------------------------------------------------------------- group solvers
+# Each solver takes |groups| layout (Cout, kh, kw, G, n) plus the real length of every group and
+# returns (keep: bool, same shape; alpha: (Cout, kh, kw, G)). Padding is zero and is never kept.
+
+def _solve_exact(groups: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optimal support: the top-k |w| with k maximising (sum top-k |w|)^2 / k, ties -> smallest k.
+
+    We maximise the equivalent S_k / sqrt(k) (S_k >= 0): it neither overflows nor underflows
+    where S_k^2 would. Including a zero (real or padding) never increases S_k, so it is never chosen
+    when S_k > 0; padding positions past a short last group are masked out explicitly anyway.
+    """
+    a = groups.abs()
+    n = a.shape[-1]
+    sorted_a, order = torch.sort(a, dim=-1, descending=True, stable=True)
+    csum = sorted_a.cumsum(-1)
+    ks = torch.arange(1, n + 1, dtype=a.dtype)
+    score = csum * ks.rsqrt()
+    n_last = int(counts[-1])
+    if n_last < n:
+        score[..., -1, n_last:] = -math.inf
+    best = score.argmax(-1, keepdim=True)  # first maximum -> smallest k; k = best + 1
+    alpha = (csum.gather(-1, best) / (best + 1).to(a.dtype)).squeeze(-1)
+    keep_sorted = torch.arange(n) <= best
+    keep = torch.empty_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    return keep, alpha
+
+
+def _solve_twn(groups: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TWN: delta = 0.7 * mean|w_g| over the group's real weights; support |w| > delta."""
+    a = groups.abs()
+    delta = TWN_FACTOR * a.sum(-1) / counts
+    keep = a > delta[..., None]
+    return keep, _masked_mean(a, keep)
+
+
+def _solve_twn_asym(groups: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TWN with separate thresholds: 0.7 * mean of the positive w, 0.7 * mean |w| of the negative w."""
+    pos, neg = groups > 0, groups < 0
+    n_pos = pos.sum(-1).clamp(min=1).to(groups.dtype)
+    n_neg = neg.sum(-1).clamp(min=1).to(groups.dtype)
+    delta_p = TWN_FACTOR * groups.clamp(min=0).sum(-1) / n_pos
+    delta_n = TWN_FACTOR * (-groups).clamp(min=0).sum(-1) / n_neg
+    keep = (groups > delta_p[..., None]) | (groups < -delta_n[..., None])
+    return keep, _masked_mean(groups.abs(), keep)
+
+
+_SOLVERS: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
+    "exact": _solve_exact,
+    "twn": _solve_twn,
+    "twn_asym": _solve_twn_asym,
+}
+
+
+# ----------------------------------------------------------------------------- public API
+
+def ternarize(weight: Array, group_size: int, method: str = "exact") -> tuple[Array, Array]:
+    """Ternarize a conv/linear weight with FGQ: each group of N input channels -> alpha_g * t_g.
+
+    Args:
+        weight: conv weight ``(Cout, Cin, kh, kw)`` or linear weight ``(out, in)``; a numpy array
+            or a floating-point torch tensor (gradients are not tracked; see ``ste_ternarize``).
+        group_size: N >= 1, input channels per group. Group ``g`` holds channels ``c // N == g``;
+            ``G = ceil(Cin / N)``, the last group may be shorter; ``N >= Cin`` means one group.
+        method: ``"exact"`` minimises ||w_g - alpha_g t_g||^2 exactly (sort |w|, pick the best
+            top-k support, alpha = mean of kept |w|); ``"twn"`` uses the threshold
+            0.7 * mean|w_g|; ``"twn_asym"`` uses 0.7 * mean of the positive and of the
+            negative weights separately. In every method alpha is the mean |w| over the support.
+
+    Returns:
+        ``(codes, alpha)``: ``codes`` int8 in {-1, 0, 1} with the weight's shape;
+        ``alpha`` of shape ``(Cout, kh, kw, G)`` (linear: ``(out, 1, 1, G)``), dtype of the input
+        tensor (float64 for numpy input). A group with empty support (all zeros) has alpha 0.
+        numpy in -> numpy out, torch in -> torch out.
+
+    Examples:
+        >>> import numpy as np
+        >>> w = np.array([[0.9, -1.1, 0.1, 0.0, 2.0, 0.2]])   # linear (out=1, in=6)
+        >>> codes, alpha = ternarize(w, group_size=4)         # groups: 4 channels + 2 channels
+        >>> codes
+        array([[ 1, -1,  0,  0,  1,  0]], dtype=int8)
+        >>> alpha.shape, alpha.round(3).ravel().tolist()
+        ((1, 1, 1, 2), [1.0, 2.0])
+        >>> dequantize(codes, alpha, group_size=4)
+        array([[ 1., -1.,  0.,  0.,  2.,  0.]])
+    """
+    w, from_numpy = _to_torch(weight)
+    n = _check_group_size(group_size)
+    if method not in _SOLVERS:
+        raise ValueError(f"unknown ternarization method {method!r}; choose one of {METHODS}")
+    w4 = _as_conv(w)
+    cout, cin, kh, kw = w4.shape
+    if w4.numel() == 0:
+        codes = torch.zeros(w.shape, dtype=torch.int8)
+        return _out(codes, torch.zeros((cout, kh, kw, _num_groups(cin, n)), dtype=w.dtype), from_numpy)
+    if not bool(torch.isfinite(w4).all()):
+        raise ValueError("weight contains NaN or infinite values")
+
+    cdtype = _compute_dtype(w.dtype)
+    n_eff = min(n, cin)  # N >= Cin is one group; don't pad it to N
+    groups = _to_groups(w4.to(cdtype), n_eff)
+    keep, alpha = _SOLVERS[method](groups, _group_counts(cin, n_eff, cdtype))
+    codes = (torch.sign(groups) * keep).to(torch.int8)
+    codes = _from_groups(codes, cin).reshape(w.shape)
+    return _out(codes, alpha.to(w.dtype).contiguous(), from_numpy)
+
+
+def dequantize(codes: Array, alpha: Array, group_size: int) -> Array:
+    """Rebuild a float weight: each code times its group's alpha (alpha broadcast over the group).
+
+    Works for ternary and 8-bit layers alike (8-bit: ``group_size = Cin``, ``G = 1``). The result
+    has the codes' shape and alpha's float dtype; numpy in -> numpy out.
+    """
+    from_numpy = not isinstance(codes, torch.Tensor)
+    c = _as_tensor(codes)
+    a = _as_tensor(alpha)
+    if not a.is_floating_point():
+        a = a.to(torch.float64 if from_numpy else torch.float32)
+    n = _check_group_size(group_size)
+    c4 = _as_conv(c)
+    cout, cin, kh, kw = c4.shape
+    expected = (cout, kh, kw, _num_groups(cin, n))
+    if tuple(a.shape) != expected:
+        raise ValueError(f"alpha shape {tuple(a.shape)} does not match codes {tuple(c.shape)} "
+                         f"with group_size {n}: expected {expected}")
+    per_channel = a[..., torch.arange(cin) // n]  # (Cout, kh, kw, Cin)
+    w = c4.to(a.dtype) * per_channel.permute(0, 3, 1, 2)
+    w = w.reshape(c.shape)
+    return w.numpy() if from_numpy else w
+
+
+def quantize_int8_weights(weight: Array) -> tuple[Array, Array]:
+    """Symmetric 8-bit weights, one scale per output channel (used for first/last layers).
+
+    ``s_o = max|w_o| / 127``; ``codes = round_half_even(w / s_o)`` clipped to [-127, 127]; an
+    all-zero channel gets ``s_o = 0`` and zero codes. ``alpha`` has shape ``(Cout, kh, kw, 1)``
+    (linear: ``(out, 1, 1, 1)``) filled with ``s_o``, so the ternary datapath with group size Cin
+    runs the layer unchanged. Types follow ``ternarize`` (numpy in -> numpy out, float64 alpha).
+    """
+    w, from_numpy = _to_torch(weight)
+    w4 = _as_conv(w)
+    cout, cin, kh, kw = w4.shape
+    if w4.numel() == 0:
+        return _out(torch.zeros(w.shape, dtype=torch.int8), torch.zeros((cout, kh, kw, 1), dtype=w.dtype), from_numpy)
+    if not bool(torch.isfinite(w4).all()):
+        raise ValueError("weight contains NaN or infinite values")
+    wc = w4.to(_compute_dtype(w.dtype))
+    scale = wc.abs().amax(dim=(1, 2, 3)) / INT8_QMAX  # (Cout,)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # zero channel: w / 1 = 0
+    codes = torch.round(wc / safe[:, None, None, None]).clamp(-INT8_QMAX, INT8_QMAX)
+    codes = codes.to(torch.int8).reshape(w.shape)
+    alpha = scale[:, None, None, None].expand(cout, kh, kw, 1).to(w.dtype).contiguous()
+    return _out(codes, alpha, from_numpy)
+
+
+def fixed_point_alpha(alpha: Array, scale_bits: int) -> tuple[np.ndarray, int]:
+    """Convert float alphas of one layer to unsigned ``scale_bits``-bit integers with one power-of-two scale.
+
+    ``alpha_frac`` is the largest integer with ``max(alpha) * 2**alpha_frac <= 2**scale_bits - 1``
+    (0 when max(alpha) == 0), so the largest alpha uses the full range. Returns
+    ``(alpha_q, alpha_frac)`` with ``alpha_q = rint(alpha * 2**alpha_frac)`` clipped to
+    ``[0, 2**scale_bits - 1]``, an int32 numpy array of alpha's shape; ``alpha ~= alpha_q * 2**-alpha_frac``.
+    """
+    if isinstance(scale_bits, bool) or not isinstance(scale_bits, (int, np.integer)) or not 1 <= scale_bits <= 31:
+        raise ValueError(f"scale_bits must be an int in [1, 31], got {scale_bits!r}")
+    a = alpha.detach().cpu().numpy() if isinstance(alpha, torch.Tensor) else np.asarray(alpha)
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all() or (a < 0).any():
+        raise ValueError("alpha must be finite and non-negative")
+    qmax = 2 ** int(scale_bits) - 1
+    top = float(a.max()) if a.size else 0.0
+    if top == 0.0:
+        return np.zeros(a.shape, dtype=np.int32), 0
+    frac = largest_frac(top, qmax)
+    alpha_q = np.clip(np.rint(np.ldexp(a, frac)), 0, qmax).astype(np.int32)
+    return alpha_q, frac
+
+
+def weight_stats(weight: Array, codes: Array, alpha: Array, group_size: int) -> dict[str, float]:
+    """Quality of a quantized weight: ``sparsity`` (fraction of zero codes) and
+    ``rel_error`` = ||W - W_q|| / ||W|| (Frobenius; 0 when both are 0, inf if only W is 0)."""
+    w, c, a = _as_tensor(weight).double(), _as_tensor(codes), _as_tensor(alpha).double()
+    wq = dequantize(c, a, group_size)
+    if tuple(wq.shape) != tuple(w.shape):
+        raise ValueError(f"codes shape {tuple(c.shape)} does not match weight shape {tuple(w.shape)}")
+    sparsity = float((c == 0).double().mean()) if c.numel() else 0.0
+    err = float(torch.linalg.vector_norm(w - wq))
+    ref = float(torch.linalg.vector_norm(w))
+    rel = 0.0 if err == 0.0 else (err / ref if ref > 0 else math.inf)
+    return {"sparsity": sparsity, "rel_error": rel}
+
+
+# ----------------------------------------------------------------------------- straight-through (fine-tuning)
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward returns ``quantized`` exactly; backward passes the gradient to ``x`` unchanged."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:  # noqa: D401
+        return quantized.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def ste_ternarize(weight: torch.Tensor, group_size: int, method: str = "exact") -> torch.Tensor:
+    """Dequantized FGQ-ternary weight with a straight-through gradient (d out / d weight = I).
+
+    For quantization-aware fine-tuning: the forward value is exactly
+    ``dequantize(*ternarize(weight, group_size, method), group_size)`` in the weight's dtype.
+    """
+    with torch.no_grad():
+        codes, alpha = ternarize(weight.detach(), group_size, method)
+        wq = dequantize(codes, alpha, group_size).to(weight.dtype)
+    return _StraightThrough.apply(weight, wq)
+
+
+def ste_int8_weights(weight: torch.Tensor) -> torch.Tensor:
+    """Dequantized 8-bit per-channel weight (see ``quantize_int8_weights``) with a straight-through gradient."""
+    with torch.no_grad():
+        codes, alpha = quantize_int8_weights(weight.detach())
+        wq = dequantize(codes, alpha, max(1, _as_conv(weight).shape[1])).to(weight.dtype)
+    return _StraightThrough.apply(weight, wq)

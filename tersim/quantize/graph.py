@@ -1,0 +1,228 @@
+"""Graph -> QuantizedGraph: integer weights, fixed-point alphas and a DFP format for every tensor.
+
+The rules are those of docs/ARCHITECTURE.md ("Numerics contract"); this module only decides, per node,
+which format each tensor gets and packs the integer parameters the engine consumes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tersim.config import Accelerator
+from tersim.frontend.float_exec import execute_float
+from tersim.frontend.ir import Graph, Node
+from tersim.quantize.activations import act_frac, act_range
+from tersim.quantize.fgq import fixed_point_alpha, quantize_int8_weights, ternarize, weight_stats
+
+INPUT_BITS = 8  # the network input and output are always 8-bit (policy, see README)
+FUSABLE_INTO = ("conv2d", "linear", "add")
+SCALE_PRESERVING = ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "flatten")
+
+
+@dataclass(frozen=True)
+class ActFormat:
+    """Dynamic fixed point: real = code * 2**-frac, code in [lo, hi]."""
+
+    bits: int
+    signed: bool
+    frac: int
+
+    @property
+    def lo(self) -> int:
+        return act_range(self.bits, self.signed)[0]
+
+    @property
+    def hi(self) -> int:
+        return act_range(self.bits, self.signed)[1]
+
+
+@dataclass
+class QuantizedLayer:
+    """One IR node with everything the integer datapath needs. Weighted fields are None elsewhere.
+
+    `out_lo`/`out_hi` are the integer bounds the output is clamped to: the format's range, narrowed by a
+    relu/clamp fused into this node.
+    """
+
+    node: Node
+    out: ActFormat
+    out_lo: int = 0
+    out_hi: int = 0
+    fused_activation: str | None = None  # name of the relu/clamp node merged into this one
+    is_fused_away: bool = False          # a relu/clamp merged into its producer: identity at run time
+    weight_kind: str | None = None     # 'ternary' | 'int8'
+    group_size: int | None = None      # effective N (min(N, Cin per group) for ternary, Cin for int8)
+    codes: np.ndarray | None = None    # int8, weight shape
+    alpha: np.ndarray | None = None    # float alphas (Cout, kh, kw, G), kept for reports
+    alpha_q: np.ndarray | None = None  # int32 fixed point
+    alpha_frac: int | None = None
+    bias_q: np.ndarray | None = None   # int64 (Cout,)
+    shift: int | None = None           # in_frac + alpha_frac - out_frac
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class QuantizedGraph:
+    graph: Graph
+    layers: dict[str, QuantizedLayer]  # every node incl. 'input', in graph order
+    group_size: int
+    act_bits: int
+    scale_bits: int
+    acc_bits: int
+    saturate: bool
+    method: str
+
+    @property
+    def input_format(self) -> ActFormat:
+        return self.layers[self.graph.input.name].out
+
+    @property
+    def output_format(self) -> ActFormat:
+        return self.layers[self.graph.output].out
+
+
+def calibrate_max_abs(graph: Graph, batches: list[np.ndarray]) -> dict[str, float]:
+    """Largest |value| of every node's float output over the calibration batches."""
+    max_abs: dict[str, float] = {n.name: 0.0 for n in graph.nodes}
+    for batch in batches:
+        outputs = execute_float(graph, batch, dtype=np.float32, return_all=True)
+        for name, value in outputs.items():
+            if value.size:
+                max_abs[name] = max(max_abs[name], float(np.max(np.abs(value))))
+    return max_abs
+
+
+ACTIVATIONS = ("relu", "clamp")
+
+
+def _activation_fusions(graph: Graph) -> dict[str, str]:
+    """producer name -> relu/clamp name, for activations whose producer feeds nothing else."""
+    fused = {}
+    for node in graph.nodes:
+        if node.op not in ACTIVATIONS:
+            continue
+        producer = graph.node(node.inputs[0])
+        if producer.op in FUSABLE_INTO and len(graph.consumers(producer.name)) == 1 and producer.name != graph.output:
+            fused[producer.name] = node.name
+    return fused
+
+
+def _int8_layer_names(graph: Graph, first_last: str) -> set[str]:
+    weighted = graph.weighted()
+    if first_last != "int8" or not weighted:
+        return set()
+    return {weighted[0].name, weighted[-1].name}
+
+
+def _quantize_weights(node: Node, group_size: int, method: str, scale_bits: int, int8: bool) -> dict:
+    cin_per_group = node.weight.shape[1]
+    if int8:
+        codes, alpha = quantize_int8_weights(node.weight)
+        kind, n_eff = "int8", cin_per_group
+    else:
+        codes, alpha = ternarize(node.weight, group_size, method)
+        kind, n_eff = "ternary", min(group_size, cin_per_group)
+    alpha_q, alpha_frac = fixed_point_alpha(alpha, scale_bits)
+    stats = weight_stats(node.weight, codes, alpha, n_eff)
+    if node.op == "linear":
+        alpha_q = alpha_q.reshape(alpha_q.shape[0], -1)  # (out, G)
+    return dict(weight_kind=kind, group_size=n_eff, codes=codes, alpha=alpha, alpha_q=alpha_q,
+                alpha_frac=alpha_frac, stats={k: float(v) for k, v in stats.items()})
+
+
+def quantize_graph(
+    graph: Graph,
+    calibration: list[np.ndarray],
+    hw: Accelerator,
+    group_size: int | None = None,
+    act_bits: int | None = None,
+    method: str | None = None,
+    first_last: str | None = None,
+) -> QuantizedGraph:
+    """Ternarize every weighted layer with FGQ and give every tensor a DFP format.
+
+    Arguments left as None come from the hardware config (group_scaling.group_size, pe.act_bits,
+    quantization.method, quantization.first_last).
+    """
+    group_size = group_size or hw.group_scaling.group_size
+    act_bits = act_bits or hw.pe.act_bits
+    method = method or hw.quantization.method
+    first_last = first_last or hw.quantization.first_last
+    if group_size < 1:
+        raise ValueError(f"group size must be >= 1, got {group_size}")
+    scale_bits = hw.group_scaling.scale_bits
+
+    max_abs = calibrate_max_abs(graph, calibration)
+    fusions = _activation_fusions(graph)
+    fused_activations = set(fusions.values())
+    int8_layers = _int8_layer_names(graph, first_last)
+    layers: dict[str, QuantizedLayer] = {}
+
+    def fmt_for(name: str, signed: bool, bits: int) -> ActFormat:
+        return ActFormat(bits, signed, act_frac(max_abs[name], bits, signed))
+
+    for node in graph.nodes:
+        bits = INPUT_BITS if node.name in (graph.input.name, graph.output) else act_bits
+        ins = [layers[i].out for i in node.inputs]
+        activation = graph.node(fusions[node.name]) if node.name in fusions else None
+        if node.op == "input":
+            out = fmt_for(node.name, True, bits)
+        elif node.name in fused_activations:
+            layers[node.name] = QuantizedLayer(node, ins[0], layers[node.inputs[0]].out_lo,
+                                               layers[node.inputs[0]].out_hi, is_fused_away=True)
+            continue
+        elif node.op in ACTIVATIONS:
+            out = ActFormat(ins[0].bits, ins[0].signed and not _non_negative(node), ins[0].frac)
+            activation = node
+        elif node.op in SCALE_PRESERVING:
+            out = ins[0]
+        elif node.op == "concat":
+            out = ActFormat(bits, any(f.signed for f in ins), min(f.frac for f in ins))
+        elif node.op in FUSABLE_INTO:
+            out_node = activation or node
+            out = fmt_for(out_node.name, not (activation and _non_negative(activation)), bits)
+        else:  # the frontend only emits the ops above
+            raise ValueError(f"node '{node.name}': op '{node.op}' has no quantization rule")
+        lo, hi = _clamp_bounds(out, activation)
+        layer = QuantizedLayer(node, out, lo, hi, fused_activation=activation.name if activation and activation is not node else None)
+        if node.op in ("conv2d", "linear"):
+            q = _quantize_weights(node, group_size, method, scale_bits, node.name in int8_layers)
+            in_frac = ins[0].frac
+            bias = node.bias if node.bias is not None else np.zeros(node.weight.shape[0])
+            layer.bias_q = np.rint(bias.astype(np.float64) * 2.0 ** (in_frac + q["alpha_frac"])).astype(np.int64)
+            layer.shift = in_frac + q["alpha_frac"] - out.frac
+            for key, value in q.items():
+                setattr(layer, key, value)
+        layers[node.name] = layer
+    return QuantizedGraph(
+        graph=graph, layers=layers, group_size=group_size, act_bits=act_bits, scale_bits=scale_bits,
+        acc_bits=hw.accumulator.bits, saturate=hw.accumulator.overflow == "saturate", method=method,
+    )
+
+
+def _non_negative(activation: Node) -> bool:
+    if activation.op == "relu":
+        return True
+    low = activation.attrs.get("min")
+    return low is not None and low >= 0
+
+
+def _clamp_bounds(fmt: ActFormat, activation: Node | None) -> tuple[int, int]:
+    """The format's integer range narrowed by a relu/clamp: bounds become round-inward integers."""
+    lo, hi = fmt.lo, fmt.hi
+    if activation is None:
+        return lo, hi
+    if activation.op == "relu":
+        return max(lo, 0), hi
+    scale = 2.0 ** fmt.frac
+    if activation.attrs.get("min") is not None:
+        lo = max(lo, math.ceil(activation.attrs["min"] * scale))
+    if activation.attrs.get("max") is not None:
+        hi = min(hi, math.floor(activation.attrs["max"] * scale))
+    return lo, max(lo, hi)
+
+
+def num_groups(cin_per_group: int, group_size: int) -> int:
+    return math.ceil(cin_per_group / group_size) if cin_per_group else 0

@@ -1,0 +1,102 @@
+"""Whole-model timing: totals, latency, the two speedups, the paper's projection and energy.
+
+The speedup is a ratio of two simulated designs (docs/TIMING.md, "Summary"):
+  * equal PE: the ternary design vs the FP32 baseline exactly as configured (`hw.baseline`);
+  * equal area: the baseline array resized to the silicon area of the ternary array (PEs plus
+    group-scaling multipliers, from `hw.area`), keeping its aspect ratio, and re-timed.
+"""
+from __future__ import annotations
+
+import math
+
+from tersim.config import Accelerator
+from tersim.timing.analytic import LayerTiming, baseline_layer_timing, psum_bits
+
+MAX_ARRAY_DIM = 4096  # ArrayConfig's limit
+
+
+def paper_projection(group_size: int, r_ternary: float = 16.0, r_int8: float = 4.0) -> float:
+    """FGQ paper's back-of-envelope speedup S(N) = 1 / ((1 - 1/N)/r_t + (1/N)/r_8) (DESIGN.md section 1)."""
+    inv = 1.0 / group_size
+    return 1.0 / ((1.0 - inv) / r_ternary + inv / r_int8)
+
+
+def ternary_pe_area_um2(hw: Accelerator) -> float:
+    """One ternary PE: an accumulator-width adder plus the 2-bit stationary weight register."""
+    adder = hw.area.int32_add_um2 if hw.accumulator.bits > 16 else hw.area.int16_add_um2
+    return adder + hw.pe.weight_bits * hw.area.register_bit_um2
+
+
+def scale_multiplier_area_um2(hw: Accelerator, group_size: int) -> float:
+    """One group-scaling multiplier: scale_bits x partial-sum bits, scaled from the 8x8 area."""
+    width = psum_bits(hw.pe.act_bits, group_size, hw.accumulator.bits)
+    return hw.area.int8_mult_um2 * hw.group_scaling.scale_bits * width / 64
+
+
+def ternary_array_area_um2(hw: Accelerator, group_size: int) -> float:
+    pes = hw.array.rows * hw.array.cols
+    mults = pes if hw.group_scaling.placement == "per_pe" else hw.group_scaling.multipliers
+    return pes * ternary_pe_area_um2(hw) + mults * scale_multiplier_area_um2(hw, group_size)
+
+
+def fp32_pe_area_um2(hw: Accelerator) -> float:
+    """One FP32 PE: multiplier, adder and a 32-bit stationary operand register."""
+    return hw.area.fp32_mult_um2 + hw.area.fp32_add_um2 + 32 * hw.area.register_bit_um2
+
+
+def equal_area_array(area_um2: float, pe_area_um2: float, like_rows: int, like_cols: int) -> tuple[int, int]:
+    """The largest array of `pe_area_um2` PEs within `area_um2`, with about the aspect ratio of
+    like_rows x like_cols; never smaller than 1x1 (then the baseline gets more area than the ternary)."""
+    pes = max(1, math.floor(area_um2 / pe_area_um2))
+    rows = max(1, min(pes, math.floor(math.sqrt(pes * like_rows / like_cols))))
+    cols = max(1, pes // rows)
+    return min(rows, MAX_ARRAY_DIM), min(cols, MAX_ARRAY_DIM)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def model_summary(ternary: list[LayerTiming], baseline: list[LayerTiming], hw: Accelerator,
+                  group_size: int) -> dict[str, float | int | str]:
+    """One flat row for the model: cycles, latency, speedups (equal PE, equal area), paper projection,
+    energy. `ternary[i]` and `baseline[i]` time the same layer; `group_size` is the run's FGQ N."""
+    tern_cycles = sum(t.total_cycles for t in ternary)
+    base_cycles = sum(t.total_cycles for t in baseline)
+    tern_latency = tern_cycles / (hw.clock_mhz * 1e6)
+    base_latency = base_cycles / (hw.baseline.clock_mhz * 1e6)
+
+    tern_area = ternary_array_area_um2(hw, group_size)
+    eq_rows, eq_cols = equal_area_array(tern_area, fp32_pe_area_um2(hw), hw.baseline.array.rows, hw.baseline.array.cols)
+    hw_eq = hw.with_overrides({"baseline.array.rows": eq_rows, "baseline.array.cols": eq_cols})
+    eq_cycles = sum(baseline_layer_timing(t.shape, hw_eq).total_cycles for t in baseline)
+    eq_latency = eq_cycles / (hw.baseline.clock_mhz * 1e6)
+
+    tern_energy = sum(t.energy_pj_total for t in ternary)
+    base_energy = sum(t.energy_pj_total for t in baseline)
+    tern_pes, base_pes = hw.array.rows * hw.array.cols, hw.baseline.array.rows * hw.baseline.array.cols
+    return {
+        "ternary_cycles": tern_cycles,
+        "baseline_cycles": base_cycles,
+        "ternary_latency_s": tern_latency,
+        "baseline_latency_s": base_latency,
+        "speedup_equal_pe": _ratio(base_latency, tern_latency),
+        "speedup_equal_area": _ratio(eq_latency, tern_latency),
+        "paper_projection": paper_projection(group_size),
+        "ternary_pes": tern_pes,
+        "baseline_pes": base_pes,
+        "ternary_area_um2": tern_area,
+        "baseline_area_um2": base_pes * fp32_pe_area_um2(hw),
+        "equal_area_baseline_array": f"{eq_rows}x{eq_cols}",
+        "equal_area_baseline_cycles": eq_cycles,
+        "group_scale_stall_cycles": sum(t.stall_group_scale_cycles for t in ternary),
+        "tile_reload_cycles": sum(t.tile_reload_cycles for t in ternary),
+        "memory_stall_cycles": sum(t.stall_memory_cycles for t in ternary),
+        "ternary_pe_utilization": _ratio(sum(t.active_macs for t in ternary), tern_pes * tern_cycles),
+        "baseline_pe_utilization": _ratio(sum(t.active_macs for t in baseline), base_pes * base_cycles),
+        "ternary_dram_bytes": sum(t.dram_bytes for t in ternary),
+        "baseline_dram_bytes": sum(t.dram_bytes for t in baseline),
+        "ternary_energy_pj": tern_energy,
+        "baseline_energy_pj": base_energy,
+        "energy_ratio": _ratio(base_energy, tern_energy),
+    }
