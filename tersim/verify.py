@@ -57,7 +57,8 @@ def verify(
         mismatches = int(np.count_nonzero(sim != ref)) if same_shape else max(sim.size, ref.size)
         layer = qgraph.layers[node.name]
         dequantized = sim.astype(np.float64) * 2.0 ** -layer.out.frac
-        dev = deviation(fp32[node.name], dequantized)
+        # a conv with a fused relu/clamp outputs the activation's value: compare it with that
+        dev = deviation(fp32[layer.fused_activation or node.name], dequantized)
         rows.append({
             "node": node.name, "op": node.op, "shape": "x".join(map(str, node.shape)),
             "format": f"{'s' if layer.out.signed else 'u'}{layer.out.bits}.{layer.out.frac}",

@@ -325,6 +325,16 @@ def test_conv_int8_weight_layer_stem():
     helper_conv(x, codes, alpha, bias, naive=False, **conv_kw(group_size=3, stride=(2, 2), padding=(3, 3), shift=10))
 
 
+def test_conv_weight_cache_sees_in_place_changes():
+    """Folded weights are cached by content: editing codes/alphas in place must not reuse a stale plan."""
+    rng = np.random.default_rng(11)
+    x, codes, alpha, bias = random_conv_inputs(rng, 1, 32, 6, 6, 8, 32, 3, 3, 4, "uint8", "ternary")
+    helper_conv(x, codes, alpha, bias, naive=False, **conv_kw())
+    codes[0] = -codes[0]
+    alpha[3, 1, 1, 2] += 1
+    helper_conv(x, codes, alpha, bias, naive=False, **conv_kw())
+
+
 def test_conv_rejects_bad_arguments():
     x = np.zeros((1, 4, 5, 5), np.int32)
     codes, alpha, bias = np.ones((2, 4, 3, 3), np.int8), np.ones((2, 3, 3, 1), np.int32), np.zeros(2, np.int64)

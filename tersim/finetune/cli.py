@@ -73,6 +73,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--kd-temperature", type=float, default=2.0, help="kd: softmax temperature")
     g.add_argument("--kd-features", type=_names, default=(), help="kd: IR node names to match, comma-separated")
     g.add_argument("--kd-feature-weight", type=float, default=1.0, help="kd: weight of the feature term")
+    g.add_argument("--kd-teacher", choices=("joint", "frozen"), default="joint",
+                   help="kd: train the FP32 teacher alongside (default) or keep it frozen")
     p.add_argument("--no-engine-eval", action="store_true",
                    help="skip the final accuracy check of the written model on tersim's integer engine")
     p.add_argument("--input-shape", type=_input_shape, help="C,H,W for TorchScript/pickled models")
@@ -123,7 +125,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         fgq_method=args.fgq_method or hw.quantization.method, first_last=args.first_last or hw.quantization.first_last,
         schedule=args.schedule, sp_start=args.sp_start, sp_full=args.sp_full, kd_lambda=args.kd_lambda,
         kd_temperature=args.kd_temperature, kd_features=tuple(args.kd_features),
-        kd_feature_weight=args.kd_feature_weight)
+        kd_feature_weight=args.kd_feature_weight, kd_teacher=args.kd_teacher)
     print(f"tersim finetune: {graph.name}, method {cfg.method}, FGQ N={cfg.group_size} ({cfg.fgq_method}), "
           f"{cfg.act_bits}-bit activations, {cfg.epochs} epochs, train {train_path} ({len(train[0])} samples)"
           + (f", val {val_path}" if val_path else ", no validation data"))
@@ -143,10 +145,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if val is not None and not args.no_engine_eval:
         from tersim.pipeline import run
 
-        s = run(hw, output, data=val, group_size=cfg.group_size, act_bits=cfg.act_bits, method=cfg.fgq_method,
-                first_last=cfg.first_last).summary.iloc[0]
+        ran = run(hw, output, data=val, group_size=cfg.group_size, act_bits=cfg.act_bits, method=cfg.fgq_method,
+                  first_last=cfg.first_last)
+        s = ran.summary.iloc[0]
         print(f"integer engine (tersim run) on {val_path}: accuracy {s.accuracy_quant:.2%} "
               f"(FP32 of the fine-tuned weights {s.accuracy_fp32:.2%})")
+        trained = result.net.qgraphs[cfg.act_bits].layers.values()
+        differ = [f"{a.node.name} ({a.out.frac} -> {b.out.frac})" for a, b in zip(trained, ran.qgraph.layers.values())
+                  if a.out.frac != b.out.frac]
+        if differ:
+            print(f"note: `run` calibrated on {val_path.name} picks other activation fracs than training used "
+                  f"for {len(differ)} tensor(s): {', '.join(differ)}")
     return 0
 
 

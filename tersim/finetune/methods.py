@@ -30,13 +30,15 @@ stochastic (`--sp-start 0.5`, `--sp-full 0.2`)
     subsets on a rerun or a resume). Quantizers not tied to a weighted layer (network input,
     add / average-pool / concat outputs) are always on.
 
-kd (`--kd-lambda 1.0`, `--kd-temperature 2.0`, `--kd-features NODE,...`, `--kd-feature-weight 1.0`)
+kd (`--kd-lambda 1.0`, `--kd-temperature 2.0`, `--kd-features NODE,...`, `--kd-feature-weight 1.0`,
+    `--kd-teacher joint`)
     Guided joint knowledge distillation. The teacher is an FP32 copy of the starting model (all
     quantizers off) trained alongside the student with its own Adam optimizer (same lr schedule).
     student loss = CE(z_s, y) + lambda * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))
                    + mu * sum_f MSE(f_s, f_t) / mean(f_t^2)
     teacher loss = CE(z_t, y) + lambda * T^2 * KL(softmax(z_s/T) || softmax(z_t/T))
-    (the other side's outputs detached: guidance both ways). Features f are IR node outputs named by
+    (the other side's outputs detached: guidance both ways). `--kd-teacher frozen` keeps the teacher
+    fixed at the starting FP32 model (classic distillation) instead. Features f are IR node outputs named by
     `--kd-features` (e.g. the residual-block adds); the feature term is off when none are named.
     The student is fully quantized from the start (as `ste`); only the student is saved.
 """

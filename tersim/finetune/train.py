@@ -70,6 +70,7 @@ class FinetuneConfig:
     kd_temperature: float = 2.0      # kd: softmax temperature T
     kd_features: tuple[str, ...] = ()  # kd: IR node names whose outputs are matched (normalised MSE)
     kd_feature_weight: float = 1.0   # kd: weight mu of the feature term
+    kd_teacher: str = "joint"        # kd: 'joint' (trained alongside) or 'frozen' (the starting FP32 model)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -79,6 +80,8 @@ class FinetuneConfig:
                 raise FinetuneError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise FinetuneError(f"--lr must be > 0, got {self.lr}")
+        if self.kd_teacher not in ("joint", "frozen"):
+            raise FinetuneError(f"--kd-teacher must be 'joint' or 'frozen', got '{self.kd_teacher}'")
         if self.method == "progressive":
             parse_schedule(self.schedule or default_schedule(self.act_bits), self.act_bits)
 
@@ -106,7 +109,8 @@ class FinetuneResult:
     fingerprint: str
     teacher: GraphNet | None = None
     initial: dict[str, float] = field(default_factory=dict)  # val accuracies before training
-    train_seconds: float = 0.0  # wall time of the epochs run by this call (no evaluation, no I/O)
+    train_seconds: float = 0.0      # wall time of the epochs run by this call (no evaluation, no I/O)
+    train_cpu_seconds: float = 0.0  # process CPU time of the same (all threads)
 
 
 def graph_fingerprint(graph: Graph) -> str:
@@ -211,7 +215,7 @@ def finetune(
     previous_det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(config.seed)
-    train_seconds = 0.0
+    train_seconds = train_cpu = 0.0
     epochs = range(start_epoch, config.epochs)
     if progress:
         from tqdm import tqdm
@@ -219,7 +223,7 @@ def finetune(
         epochs = tqdm(epochs, total=config.epochs, initial=start_epoch, desc=f"finetune {config.method}", unit="epoch")
     try:
         for epoch in epochs:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             calibrate(net, method.act_bits_needed(epoch))
             perm = torch.from_numpy(np.random.default_rng([config.seed, _SHUFFLE, epoch]).permutation(len(xt)))
             net.train()
@@ -244,9 +248,10 @@ def finetune(
                     logits, fs = net(xb, plan, feats) if feats else (net(xb, plan), {})
                     zt, ft = teacher(xb, FLOAT_PLAN, feats) if feats else (teacher(xb), {})
                     loss, teacher_loss, _ = method.losses(logits, zt, yb, fs, ft)
-                    teacher_opt.zero_grad()
-                    teacher_loss.backward()
-                    teacher_opt.step()
+                    if config.kd_teacher == "joint":
+                        teacher_opt.zero_grad()
+                        teacher_loss.backward()
+                        teacher_opt.step()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -255,6 +260,7 @@ def finetune(
                 if progress:
                     batches.set_postfix(loss=f"{loss.item():.4f}")
             train_seconds += time.perf_counter() - t0
+            train_cpu += time.process_time() - c0
             row = {"epoch": epoch + 1, "stage": method.stage(epoch), "loss": loss_sum / len(xt),
                    "train_acc": correct / len(xt), "seconds": time.perf_counter() - t0}
             if xv is not None:
@@ -277,7 +283,8 @@ def finetune(
     calibrate(net, [config.act_bits])
     net.eval()
     return FinetuneResult(net=net, config=config, hw=hw, history=pd.DataFrame(history), calibration=calibration,
-                          fingerprint=fingerprint, teacher=teacher, initial=initial, train_seconds=train_seconds)
+                          fingerprint=fingerprint, teacher=teacher, initial=initial, train_seconds=train_seconds,
+                          train_cpu_seconds=train_cpu)
 
 
 # ---------------------------------------------------------------------------------------- checkpoints

@@ -1,6 +1,6 @@
 """Read a model file and lower it to the tersim IR.
 
-Formats, detected from the content (not the extension):
+Formats, detected from the content (not the extension), or a name from tersim.models.zoo:
   * torch.export archive (`torch.export.save`, a zip holding `archive_format` = "pt2"): the primary format.
     `torch.export.load` still unpickles some parts, so only load files you made or trust.
   * TorchScript (`torch.jit.save`, a zip holding `constants.pkl` and `code/`): legacy, converted with
@@ -29,11 +29,19 @@ STATE_DICT_HINT = ("tersim needs the architecture, not only the weights: build t
 
 def import_model(path: str | Path, *, input_shape: tuple[int, ...] | None = None,
                  trust_pickle: bool = False) -> Graph:
-    """Load the model at `path` and lower it; `input_shape` excludes the batch, e.g. (3, 32, 32)."""
+    """Load the model at `path` (or a zoo name such as 'resnet50') and lower it.
+
+    `input_shape` excludes the batch, e.g. (3, 32, 32). Zoo models get random weights (timing studies).
+    """
     path = Path(path)
     name = path.stem
     if not path.is_file():
-        raise ModelLoadError(f"{path}: model file not found")
+        from tersim.models.zoo import ZOO, build
+
+        if str(path) in ZOO:
+            shape = input_shape or ZOO[str(path)].input_shape
+            return lower_module(build(str(path)), torch.randn(EXAMPLE_BATCH, *shape), str(path))
+        raise ModelLoadError(f"{path}: model file not found (and not a zoo name: {', '.join(ZOO)})")
     if input_shape is not None:
         input_shape = tuple(int(d) for d in input_shape)
         if not input_shape or any(d <= 0 for d in input_shape):

@@ -161,7 +161,8 @@ def check_pool(x, kernel, stride, padding, dilation, ceil_mode) -> tuple[PoolSpe
     """Validate a pooling call the way PyTorch does (stride None/() means stride = kernel)."""
     x = int_array(x, "x", 4)
     k = _pair(kernel, "kernel")
-    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, "stride")
+    no_stride = stride is None or (not isinstance(stride, (int, np.integer)) and len(stride) == 0)
+    s = k if no_stride else _pair(stride, "stride")
     p, d = _pair(padding, "padding"), _pair(dilation, "dilation")
     if min(k) < 1 or min(s) < 1 or min(d) < 1 or min(p) < 0:
         raise ValueError(f"bad pool geometry: kernel {kernel}, stride {stride}, padding {padding}, dilation {dilation}")

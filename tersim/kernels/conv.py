@@ -3,18 +3,24 @@
 Datapath per output element (docs/ARCHITECTURE.md): acc = clamp_or_wrap(bias); for ky, kx, g:
 acc = clamp_or_wrap(acc + psum_g * alpha_g); y = clamp(round_shift(acc, shift)).
 
-How the conv is laid out for speed:
-* "Wide grid". The padded input is split into stride phases (space-to-depth), so every tap (ky, kx) of
-  every stride reads one contiguous run of a phase plane: output j = b*Hq*Wq + oy*Wq + ox reads plane
-  element j + tap_off. Grid columns ox >= OW and rows oy >= OH are computed and thrown away; in
-  exchange the inner loop is one long, branch-free, unit-stride vector loop (no im2col, no padding tests).
-* Per output channel o the wrapper bounds |acc| over every prefix of the sum. When it cannot leave the
-  accumulator range (and fits int32), no clamp can fire and no event can occur, so the groups' alphas
-  are folded into the weights (w = code * alpha) and the channel is a plain int32 conv: "fast path".
-  Otherwise the "exact path" follows the canonical order group by group with an int64 accumulator.
-  Both give identical results; the fast path is just the common case proven overflow-free.
-* psums use the narrowest exact type (int16 when |x| * sum|codes| of a group fits), since int16
-  lanes do twice the work per vector instruction.
+Two paths, chosen per output channel, give identical results:
+* Fast path. From the weights and max|x| the wrapper bounds |acc| over every prefix of the sum. When the
+  bound fits the accumulator (and int32), no clamp can fire and no event can occur, so the order of the
+  sum is free: alphas are folded into the weights (w = code * alpha) and the channel is a plain int32
+  conv. This is the common case (32-bit accumulators). It runs on one of two kernels:
+  - dot kernel: channels-last, one int16 dot product of length kw * cin_g per (pixel, ky) (vpmaddwd);
+    best for deep layers (small images, many channels);
+  - wide-grid kernel: the padded input is split into stride phases, so every tap (ky, kx) reads one
+    contiguous run of a phase plane: grid position j = b*Hq*Wq + oy*Wq + ox reads plane element
+    j + tap_off. Grid columns ox >= OW and rows oy >= OH are computed and thrown away; in exchange the
+    inner loop is long, branch-free and unit-stride (no im2col, no padding tests), zero weights are
+    skipped, and four weights share each pass over the accumulators. Best for large images.
+* Exact path (channels that might overflow): the canonical order on the wide grid, per (ky, kx, g) an
+  exact psum in the narrowest safe type (int16 when |x| * sum|codes| of a group fits), then one
+  clamp/wrap step of the int64 accumulators with event counting, vectorised over pixels.
+
+The folded weights are cached by content (a deep layer at batch 1 has ~50 MACs per weight, so rebuilding
+them on every call would cost as much as the conv).
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from numba import njit, prange
 from tersim.kernels.arith import shift_round_clamp
 from tersim.kernels.common import ConvSpec, check_conv, check_linear, max_abs
 
-TILE_TARGET = 4096  # grid elements per work item: int32 acc 16 KB + int16 psum 8 KB stay in L1/L2
+TILE_TARGET = 4096  # grid elements per work item: accumulators and psums stay in L1/L2
 
 
 # ----------------------------------------------------------------------------------------------- kernels
@@ -81,8 +87,8 @@ def fingerprint(words):
 
 
 @njit(cache=True)
-def _dot16(w, x):
-    """sum(w * x) for int16 vectors in int32; this exact form compiles to vpmaddwd."""
+def _dot32(w, x):
+    """sum(w * x) in int32 (exact on fast channels); for int16 vectors this form compiles to vpmaddwd."""
     s = np.int32(0)
     for k in range(w.size):
         s = np.int32(s + np.int32(w[k]) * np.int32(x[k]))
@@ -113,11 +119,11 @@ def conv2d_dot_kernel(xg, wt, bias, chans, cin_g, cout_g, kw, sh, sw, dh, dw, sh
                     row = xg[go, b, oy * sh + ky * dh]
                     if dw == 1:
                         x0 = ox * sw * cin_g
-                        acc = np.int32(acc + _dot16(w_o[ky], row[x0:x0 + seg]))
+                        acc = np.int32(acc + _dot32(w_o[ky], row[x0:x0 + seg]))
                     else:
                         for kx in range(kw):
                             x0 = (ox * sw + kx * dw) * cin_g
-                            acc = np.int32(acc + _dot16(w_o[ky, kx * cin_g:(kx + 1) * cin_g], row[x0:x0 + cin_g]))
+                            acc = np.int32(acc + _dot32(w_o[ky, kx * cin_g:(kx + 1) * cin_g], row[x0:x0 + cin_g]))
                 y[b, o, oy, ox] = shift_round_clamp(acc, shift, out_lo, out_hi)
 
 
@@ -272,9 +278,7 @@ def linear_kernel(x, codes, weff, alpha, bias, fast, group_size, acc_lo, acc_hi,
         o = item // B
         b = item - o * B
         if fast[o]:
-            acc = np.int64(bias[o])
-            for c in range(n_in):
-                acc += np.int64(weff[o, c]) * x[b, c]
+            acc = np.int64(np.int32(bias[o]) + _dot32(weff[o], x[b]))
         else:
             ev = 0
             acc = np.int64(bias[o])
@@ -330,6 +334,14 @@ def _weight_plan(codes4: np.ndarray, alpha4: np.ndarray, group_size: int) -> dic
     else:
         _plan_cache.move_to_end(key)
     return plan
+
+
+def _int16_weights(plan: dict) -> np.ndarray:
+    """weff as int16 (Cout, kh, kw * cin_g), made once per plan; only rows with wmax < 2**15 are meaningful."""
+    if "w16" not in plan:
+        Cout, kh, kw, cin_g = plan["weff"].shape
+        plan["w16"] = plan["weff"].astype(np.int16).reshape(Cout, kh, kw * cin_g)
+    return plan["w16"]
 
 
 def _fast_channels(plan: dict, bias_q: np.ndarray, spec: ConvSpec, xmax: int) -> np.ndarray:
@@ -413,9 +425,7 @@ def conv2d_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np
     use_dot = fast & (plan["wmax"] < 2**15) & (xmax < 2**15) & prefer_dot
     events = 0
     if use_dot.any():
-        if "w16" not in plan:
-            plan["w16"] = plan["weff"].astype(np.int16).reshape(spec.Cout, spec.kh, spec.kw * spec.cin_g)
-        _run_dot(x, bias_q, spec, plan["w16"], np.flatnonzero(use_dot), shift, y)
+        _run_dot(x, bias_q, spec, _int16_weights(plan), np.flatnonzero(use_dot), shift, y)
     if not use_dot.all():
         events = _run_grid(x, codes, alpha_q, bias_q, spec, fast, plan["weff"], np.flatnonzero(~use_dot), xmax,
                            saturate, shift, y)
@@ -433,10 +443,10 @@ def linear_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np
     xmax = max_abs(x)
     plan = _weight_plan(codes[:, :, None, None], alpha_q[:, None, None, :], spec.group_size)
     fast = _fast_channels(plan, bias_q, spec, xmax)
-    weff = plan["weff"]
-    x_dtype = np.int16 if xmax < 2**15 else np.int32
-    events = linear_kernel(np.ascontiguousarray(x, x_dtype), np.ascontiguousarray(codes, np.int8),
-                           np.ascontiguousarray(weff[:, 0, 0, :]), np.ascontiguousarray(alpha_q, np.int32),
+    narrow = xmax < 2**15 and plan["wmax"][fast].max(initial=0) < 2**15  # int16 operands: vpmaddwd
+    weff = _int16_weights(plan)[:, 0, :] if narrow else plan["weff"][:, 0, 0, :]  # only fast rows are read
+    events = linear_kernel(np.ascontiguousarray(x, np.int16 if narrow else np.int32),
+                           np.ascontiguousarray(codes, np.int8), weff, np.ascontiguousarray(alpha_q, np.int32),
                            np.ascontiguousarray(bias_q, np.int64), fast, spec.group_size, spec.acc_lo,
                            spec.acc_hi, bool(saturate), int(shift), spec.out_lo, spec.out_hi, y)
     return y, int(events)
