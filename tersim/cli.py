@@ -1,4 +1,4 @@
-"""Command line: `python -m tersim {run,verify,sweep} HW.yaml MODEL [options]`.
+"""Command line: `python -m tersim {run,verify,sweep} HW.yaml MODEL [options]`, `python -m tersim finetune MODEL`.
 
 Any TersimError (bad file, field, graph node) becomes one line on stderr and exit code 2.
 """
@@ -11,14 +11,14 @@ from pathlib import Path
 from tersim.errors import TersimError
 
 
-def _input_shape(text: str) -> tuple[int, ...]:
+def input_shape_arg(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--input-shape wants comma-separated ints like 1,8,8, got '{text}'") from None
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
@@ -30,12 +30,12 @@ def _add_model_args(p: argparse.ArgumentParser, one_point: bool = True) -> None:
     p.add_argument("model", help="model file: torch.export archive (.pt2), TorchScript, or pickle with --trust-pickle")
     p.add_argument("--data", help="labelled data: .npz or .pt with 'x' (preprocessed inputs) and 'y' (labels)")
     if one_point:
-        p.add_argument("--group-size", "-N", type=_positive, help="FGQ group size N (default: from the hw config)")
+        p.add_argument("--group-size", "-N", type=positive_int, help="FGQ group size N (default: from the hw config)")
         p.add_argument("--act-bits", type=int, choices=(8, 4), help="activation bits (default: from the hw config)")
     p.add_argument("--method", choices=("exact", "twn", "twn_asym"), help="ternarization method (default: config)")
     p.add_argument("--first-last", choices=("int8", "ternary"), help="first/last layer weights (default: config)")
-    p.add_argument("--limit", type=_positive, help="evaluate at most this many samples")
-    p.add_argument("--input-shape", type=_input_shape, help="C,H,W for TorchScript/pickled models")
+    p.add_argument("--limit", type=positive_int, help="evaluate at most this many samples")
+    p.add_argument("--input-shape", type=input_shape_arg, help="C,H,W for TorchScript/pickled models")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading a pickled nn.Module (runs code from the file: only for files you trust)")
 
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="ternarize, execute and time a model; print and write the report")
     _add_model_args(run)
-    run.add_argument("--batch-size", type=_positive, default=64)
+    run.add_argument("--batch-size", type=positive_int, default=64)
     run.add_argument("--out", default="reports", help="directory for the CSV reports (default: reports/)")
 
     verify = sub.add_parser("verify", help="check the simulator bit for bit against a PyTorch integer reference")
@@ -55,9 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="accuracy, multiplications and cycles over group sizes x activation bits")
     _add_model_args(sweep, one_point=False)
-    sweep.add_argument("--group-sizes", type=_positive, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    sweep.add_argument("--group-sizes", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     sweep.add_argument("--act-bits", type=int, nargs="+", choices=(8, 4), default=[8, 4])
     sweep.add_argument("--out", default="reports", help="directory for the CSV report (default: reports/)")
+
+    from tersim.finetune.cli import add_parser as add_finetune
+
+    add_finetune(sub)
     return parser
 
 
@@ -114,6 +118,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "finetune":
+            return args.func(args)
         return {"run": cmd_run, "verify": cmd_verify, "sweep": cmd_sweep}[args.command](args)
     except TersimError as exc:
         print(f"tersim: error: {exc}", file=sys.stderr)

@@ -14,7 +14,7 @@ from tersim.data import load_dataset
 from tersim.errors import DataError
 from tersim.finetune import FLOAT_PLAN, FinetuneConfig, GraphNet, finetune, read_metadata, save_model
 from tersim.finetune import graph_module
-from tersim.finetune.cli import main as finetune_main
+from tersim.cli import main as tersim_main
 from tersim.finetune.graph_module import ste_datapath_weight, ste_group_kbit
 from tersim.finetune.methods import FinetuneError, JointKD, Progressive, Stochastic
 from tersim.finetune.train import make_method
@@ -275,7 +275,7 @@ def test_bad_data_is_one_line_data_error(tmp_path, capsys, content):
         bad.write_text("hello\n")
     elif content == "no_labels":
         np.savez(bad, x=np.zeros((4, 1, 8, 8), np.float32))
-    code = finetune_main(["finetune", MODEL, "--data", str(bad), "-o", str(tmp_path / "o.pt2"), "--epochs", "1",
+    code = tersim_main(["finetune", MODEL, "--data", str(bad), "-o", str(tmp_path / "o.pt2"), "--epochs", "1",
                           "--no-checkpoints"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == DataError.exit_code

@@ -1,7 +1,6 @@
 """`tersim finetune MODEL [--data TRAIN] [--val VAL] -o OUT.pt2 ...`: quantization-aware fine-tuning.
 
-Parses only; the work is tersim.finetune.train. Wire into tersim/cli.py with
-`add_parser(sub)` in build_parser() and `"finetune": cmd_finetune` in main()'s dispatch table.
+Parses only; the work is tersim.finetune.train. tersim/cli.py adds the sub-command with `add_parser`.
 """
 from __future__ import annotations
 
@@ -9,25 +8,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from tersim.errors import TersimError
+from tersim.cli import input_shape_arg, positive_int
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DEFAULT_TRAIN = EXAMPLES / "digits_train.npz"
 DEFAULT_VAL = EXAMPLES / "digits_test.npz"
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _input_shape(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--input-shape wants comma-separated ints like 1,8,8, got '{text}'") from None
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -50,15 +35,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                  "shape fits the model); 'none' to skip")
     p.add_argument("--hw", help="hardware config YAML: group size, activation bits, ternarization method, "
                                 "first/last policy, calibration batches (default: built-in defaults)")
-    p.add_argument("--group-size", "-N", type=_positive, help="FGQ group size N (default: from the hw config)")
+    p.add_argument("--group-size", "-N", type=positive_int, help="FGQ group size N (default: from the hw config)")
     p.add_argument("--act-bits", type=int, choices=(8, 4), help="activation bits (default: from the hw config)")
     p.add_argument("--method", choices=METHODS, default="ste", help="fine-tuning method (default: ste)")
     p.add_argument("--fgq-method", choices=("exact", "twn", "twn_asym"),
                    help="ternarization rule, `run --method` (default: from the hw config)")
     p.add_argument("--first-last", choices=("int8", "ternary"), help="first/last layer weights (default: config)")
-    p.add_argument("--epochs", type=_positive, default=10, help="training epochs (default: 10)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="training epochs (default: 10)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine-decayed to 0 (default: 1e-3)")
-    p.add_argument("--batch-size", type=_positive, default=64, help="(default: 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="(default: 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     p.add_argument("--checkpoint-dir", help="write DIR/epoch_NNN.pt after each epoch, keeping the newest 2 "
                                             "(default: OUTPUT's name + '_checkpoints' beside it)")
@@ -77,7 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="kd: train the FP32 teacher alongside (default) or keep it frozen")
     p.add_argument("--no-engine-eval", action="store_true",
                    help="skip the final accuracy check of the written model on tersim's integer engine")
-    p.add_argument("--input-shape", type=_input_shape, help="C,H,W for TorchScript/pickled models")
+    p.add_argument("--input-shape", type=input_shape_arg, help="C,H,W for TorchScript/pickled models")
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickled nn.Module (only files you trust)")
     p.set_defaults(func=cmd_finetune)
 
@@ -157,19 +142,3 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             print(f"note: `run` calibrated on {val_path.name} picks other activation fracs than training used "
                   f"for {len(differ)} tensor(s): {', '.join(differ)}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m tersim.finetune.cli ...`) until tersim/cli.py wires the sub-command."""
-    parser = argparse.ArgumentParser(prog="tersim")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except TersimError as exc:
-        print(f"tersim: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
