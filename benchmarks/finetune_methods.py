@@ -7,8 +7,8 @@ written, then `tersim.pipeline.run` on it with examples/digits_test.npz (FGQ N=6
 accuracy_quant) and `tersim.verify.verify` (Numba engine vs torch integer reference, bit for bit).
 Reference rows: the FP32 model and FGQ N=64 without training, through the same `run`.
 Training time: wall (and CPU) seconds of the training epochs only, one torch thread, median over the
-seeds, relative to plain STE at the same budget; the methods run interleaved (seed by seed) so that
-other load on the machine affects them alike.
+seeds after one untimed warm-up run per method, relative to plain STE at the same budget; the methods
+run interleaved (seed by seed) so that other load on the machine affects them alike.
 
 Writes reports/finetune_methods.csv (one row per run) and replaces the table between the
 `<!-- finetune-table -->` markers in reports/finetune.md (printed too).
@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     graph = import_model(MODEL)
     train = load_dataset(TRAIN)
     base = engine_accuracy(hw, MODEL, args.act_bits)
+    for method in args.methods:  # warm-up (torch's first calls, kernel selection): not timed
+        finetune(graph, train, FinetuneConfig(group_size=GROUP_SIZE, act_bits=args.act_bits, method=method, epochs=1,
+                                              lr=args.lr), hw=hw)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for epochs in args.epochs:

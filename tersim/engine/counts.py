@@ -37,6 +37,12 @@ def layer_counts(layer: QuantizedLayer) -> OpCounts:
     pixels = int(np.prod(node.shape[1:])) if node.op == "conv2d" else 1
     macs = pixels * codes.size
     adds = pixels * int(np.count_nonzero(codes))
-    scale_mults = pixels * cout * kh * kw * num_groups(cin_g, layer.group_size)
-    mults = scale_mults + (macs if layer.weight_kind == "int8" else 0)
+    if layer.weight_kind == "int8":
+        # One scale per output channel, equal at every kernel position: the hardware applies it once per
+        # finished output (as the timing model does), not once per (ky, kx) as the reference datapath writes it.
+        scale_mults = pixels * cout
+        mults = scale_mults + macs
+    else:
+        scale_mults = pixels * cout * kh * kw * num_groups(cin_g, layer.group_size)
+        mults = scale_mults
     return OpCounts(macs=macs, adds=adds, skips=macs - adds, mults=mults, scale_mults=scale_mults)
