@@ -207,6 +207,13 @@ def test_kd_trains_teacher_and_adds_distillation(graph, data):
     assert zt.grad is not None and zs.grad is None  # each side's target is detached
 
 
+def test_kd_frozen_teacher_stays_the_starting_model(graph, data):
+    train, _ = data
+    result = finetune(graph, train, _cfg(method="kd", epochs=1, kd_teacher="frozen"))
+    assert _same_state(result.teacher, GraphNet(graph))
+    assert not _same_state(result.net, GraphNet(graph))  # the student still learns
+
+
 # ------------------------------------------------------------------------------------ determinism, resume
 
 def test_deterministic_with_seed(graph, data):
