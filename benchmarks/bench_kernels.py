@@ -1,9 +1,10 @@
 """Numba conv2d_int vs PyTorch FP32 conv2d on ResNet-shaped layers (same machine, same thread count).
 
-Runs are interleaved (torch, numba, torch, numba, ...) so background load hits both alike; prints the
-median of the per-pair time ratios and the ratio of the best times.
+Runs are interleaved (torch, numba, torch, numba, ...) so background load hits both alike; prints median
+times and the median of the per-pair time ratios numba/torch (< 1 means numba is faster).
 
     .venv/bin/python benchmarks/bench_kernels.py [--reps 30] [--acc-bits 32] [--n 4] [--threads 2] [--quick]
+        [--strategy auto simd dot grid]   (one numba column per fast-path strategy, see tersim.kernels.conv)
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import tersim.kernels.conv as kconv
 from tersim.kernels import conv2d_int
 
 # (name, input shape, Cout, kernel, stride, padding)
@@ -43,31 +45,40 @@ def make_layer(shape, cout, k, n, rng):
 
 
 def bench(name, shape, cout, k, stride, pad, args, rng):
+    """Median over interleaved pairs of numba_time / torch_time, per strategy."""
     n = min(args.n, shape[1])
     x, codes, alpha, bias = make_layer(shape, cout, k, n, rng)
     tx, tw = torch.randn(*shape), torch.randn(cout, shape[1], k, k)
 
-    def run_numba():
-        return conv2d_int(x, codes, alpha, bias, group_size=n, stride=(stride, stride), padding=(pad, pad),
-                          dilation=(1, 1), groups=1, acc_bits=args.acc_bits, saturate=True, shift=8,
-                          out_lo=0, out_hi=255)
+    def run_numba(strategy):
+        kconv.STRATEGY = strategy
+        try:
+            return conv2d_int(x, codes, alpha, bias, group_size=n, stride=(stride, stride), padding=(pad, pad),
+                              dilation=(1, 1), groups=1, acc_bits=args.acc_bits, saturate=True, shift=8,
+                              out_lo=0, out_hi=255)
+        finally:
+            kconv.STRATEGY = "auto"
 
     def run_torch():
         with torch.no_grad():
             return F.conv2d(tx, tw, stride=stride, padding=pad)
 
+    fns = [run_torch] + [lambda s=s: run_numba(s) for s in args.strategy]
     for _ in range(3):
-        run_numba(), run_torch()
-    tn, tt = [], []
+        for f in fns:
+            f()
+    times = [[] for _ in fns]
     for _ in range(args.reps):
-        for f, ts in ((run_torch, tt), (run_numba, tn)):
+        for f, ts in zip(fns, times):
             t0 = time.perf_counter()
             f()
             ts.append(time.perf_counter() - t0)
-    ratio = statistics.median(a / b for a, b in zip(tn, tt))
-    print(f"{name:26s} numba {min(tn) * 1e3:7.2f} ms  torch {min(tt) * 1e3:7.2f} ms  "
-          f"ratio(median of pairs) {ratio:5.2f}  ratio(best) {min(tn) / min(tt):5.2f}")
-    return ratio
+    tt = times[0]
+    ratios = [statistics.median(a / b for a, b in zip(tn, tt)) for tn in times[1:]]
+    cols = "  ".join(f"{s} {statistics.median(tn) * 1e3:6.2f} ms ({r:4.2f})"
+                     for s, tn, r in zip(args.strategy, times[1:], ratios))
+    print(f"{name:26s} torch {statistics.median(tt) * 1e3:6.2f} ms  numba: {cols}")
+    return ratios
 
 
 def main() -> None:
@@ -76,16 +87,19 @@ def main() -> None:
     ap.add_argument("--acc-bits", type=int, default=32)
     ap.add_argument("--n", type=int, default=4, help="FGQ group size")
     ap.add_argument("--quick", action="store_true", help="only the 56x56x64 3x3 layer")
+    ap.add_argument("--strategy", nargs="+", default=["auto"], choices=["auto", "simd", "dot", "grid"],
+                    help="fast-path strategies to time (tersim.kernels.conv.STRATEGY)")
     ap.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS,
                     help="threads for both (1 is steadier on a loaded machine)")
     args = ap.parse_args()
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     print(f"threads: numba {numba.get_num_threads()}, torch {torch.get_num_threads()}; "
-          f"N={args.n}, acc_bits={args.acc_bits}")
+          f"N={args.n}, acc_bits={args.acc_bits}; median ms, (median of per-pair ratios numba/torch)")
     rng = np.random.default_rng(0)
     ratios = [bench(*layer, args, rng) for layer in (LAYERS[:1] if args.quick else LAYERS)]
-    print(f"median ratio numba/torch over layers: {statistics.median(ratios):.2f}")
+    for i, s in enumerate(args.strategy):
+        print(f"{s}: median ratio numba/torch over layers: {statistics.median(r[i] for r in ratios):.2f}")
 
 
 if __name__ == "__main__":

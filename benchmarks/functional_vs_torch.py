@@ -2,7 +2,7 @@
 
     python benchmarks/functional_vs_torch.py [--models digits resnet18 resnet50] [--repeats 5] [--threads 2]
 
-Prints median wall times and the ratio torch_fp32 / tersim (>= 1.0 means tersim is at least as fast).
+Prints median wall times (the two interleaved call by call) and the ratio torch_fp32 / tersim (>= 1.0 means tersim is at least as fast).
 """
 from __future__ import annotations
 
@@ -22,14 +22,17 @@ from tersim.models.zoo import ZOO, build
 from tersim.quantize.graph import quantize_graph
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (Numba compilation, torch allocator)
-    times = []
+def _median_seconds(fns: list, repeats: int) -> list[float]:
+    """Median wall time of each function, calls interleaved so that load on a shared machine hits all alike."""
+    for fn in fns:
+        fn()  # warm-up (Numba compilation, torch allocator)
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, t in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def bench(name: str, repeats: int, batch: int) -> dict:
@@ -42,8 +45,7 @@ def bench(name: str, repeats: int, batch: int) -> dict:
     qgraph = quantize_graph(graph, [x.numpy()], Accelerator(), group_size=4, act_bits=8)
     xn = x.numpy()
     with torch.no_grad():
-        t_torch = _median_seconds(lambda: model(x), repeats)
-    t_tersim = _median_seconds(lambda: execute(qgraph, xn, keep_all=False), repeats)
+        t_torch, t_tersim = _median_seconds([lambda: model(x), lambda: execute(qgraph, xn, keep_all=False)], repeats)
     return {"model": name, "batch": batch, "torch_fp32_ms": 1e3 * t_torch, "tersim_int_ms": 1e3 * t_tersim,
             "ratio_torch_over_tersim": t_torch / t_tersim}
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import tersim.kernels as K
 import tersim.kernels.conv as kconv
 import tersim.kernels.reference_torch as R
+import tersim.kernels.simd as ksimd
 from tersim.kernels import round_shift
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -79,7 +80,7 @@ def helper_conv(x, codes, alpha, bias, naive=True, **kw):
     """Numba (every fast-path strategy) == torch reference (== naive loops); returns (y, events)."""
     yr, er = R.conv2d_int(x, codes, alpha, bias, **kw)
     assert yr.dtype == np.int32
-    for strategy in ("auto", "dot", "grid"):
+    for strategy in ("auto", "simd", "dot", "grid"):
         with conv_strategy(strategy):
             y, e = K.conv2d_int(x, codes, alpha, bias, **kw)
         assert y.dtype == np.int32 and y.shape == yr.shape, strategy
@@ -333,6 +334,47 @@ def test_conv_weight_cache_sees_in_place_changes():
     codes[0] = -codes[0]
     alpha[3, 1, 1, 2] += 1
     helper_conv(x, codes, alpha, bias, naive=False, **conv_kw())
+
+
+@pytest.mark.parametrize("B, C, H, W, ph, pw", [(1, 64, 56, 56, 1, 1), (2, 33, 5, 19, 2, 0), (1, 96, 7, 7, 1, 1),
+                                               (1, 3, 9, 9, 3, 3), (1, 64, 3, 40, 0, 2), (2, 1, 1, 1, 0, 0)])
+def test_channels_last_pairs(B, C, H, W, ph, pw):
+    """The VNNI path's input layout: register-transposed 16 x 16 blocks plus scalar tails, int16 extremes."""
+    rng = np.random.default_rng(C + W)
+    x = rng.integers(-(2**15), 2**15, (B, C, H, W)).astype(np.int32)
+    x.reshape(-1)[:2] = [-(2**15), 2**15 - 1]
+    c2 = (C + 1) // 2 + 1  # one spare all-zero pair word
+    expected = np.zeros((B, H + 2 * ph, W + 2 * pw, 2 * c2), np.int16)
+    expected[:, ph:ph + H, pw:pw + W, :C] = x.transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(ksimd.channels_last_pairs(x, ph, pw, c2), expected.view(np.int32))
+
+
+@pytest.mark.skipif(not ksimd.HAVE_VNNI, reason="host CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize("act", ["uint8", "int8", "uint4", "int4"])
+@pytest.mark.parametrize("Cout, Cin, k, stride, dilation, padding", [
+    (40, 37, 3, (1, 1), (1, 1), (1, 1)),     # odd Cin (padded pair), Cout not a multiple of LANES
+    (70, 64, 1, (2, 2), (1, 1), (0, 0)),     # 1x1 stride 2, full 16-pair transpose blocks
+    (33, 48, 3, (2, 1), (1, 2), (2, 1)),     # dilation along x: one run per tap
+    (16, 3, 7, (2, 2), (1, 1), (3, 3)),      # stem-like
+])
+def test_conv_simd_tiles(act, Cout, Cin, k, stride, dilation, padding):
+    """The VNNI kernel on every tile remainder (pixels mod PMAX), with channels forced onto the exact path
+    and int8 -128 / 4-bit extremes in the input."""
+    rng = np.random.default_rng(Cout * Cin + k)
+    H, W = 9, 2 * ksimd.PMAX + 5
+    x, codes, alpha, bias = random_conv_inputs(rng, 2, Cin, H, W, Cout, Cin, k, k, 4, act, "ternary")
+    x.reshape(-1)[::7] = ACT_RANGES[act][0]
+    bias[:2] = [2**33, -(2**33)]   # these two channels cannot be proven overflow-free
+    calls = []
+    original = ksimd.conv2d_vnni
+    ksimd.conv2d_vnni = lambda *a: calls.append(1) or original(*a)
+    try:
+        for out_w in range(W - ksimd.PMAX, W + 1):  # every pixel count mod PMAX
+            kw = conv_kw(stride=stride, dilation=dilation, padding=padding, shift=9, out_lo=0, out_hi=255)
+            helper_conv(x[..., :out_w], codes, alpha, bias, naive=False, **kw)
+    finally:
+        ksimd.conv2d_vnni = original
+    assert calls  # the simd strategy (and auto) really ran the VNNI kernel
 
 
 def test_conv_rejects_bad_arguments():

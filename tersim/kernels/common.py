@@ -95,14 +95,15 @@ def check_conv(x, codes, alpha_q, bias_q, *, group_size, stride, padding, dilati
         raise ValueError(f"codes {codes.shape} do not fit input {x.shape} with groups={groups}")
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
-    if codes.size and max_abs(codes) > 127:
+    mx, mc, ma = max_abs(x), max_abs(codes), max_abs(alpha_q)  # each scanned once (weights are large)
+    if mc > 127:
         raise ValueError("codes must lie in [-127, 127]")
     G = math.ceil(cin_g / group_size)
     if alpha_q.shape != (Cout, kh, kw, G):
         raise ValueError(f"alpha_q must have shape {(Cout, kh, kw, G)}, got {alpha_q.shape}")
     if bias_q.shape != (Cout,):
         raise ValueError(f"bias_q must have shape {(Cout,)}, got {bias_q.shape}")
-    if max_abs(x) >= 2**31 or max_abs(alpha_q) >= 2**31:
+    if mx >= 2**31 or ma >= 2**31:
         raise ValueError("x and alpha_q must fit int32")
     if bias_q.size and max_abs(bias_q) >= 2**62:
         raise ValueError("bias_q must satisfy |bias_q| < 2**62")
@@ -116,8 +117,8 @@ def check_conv(x, codes, alpha_q, bias_q, *, group_size, stride, padding, dilati
     acc_lo, acc_hi = acc_range(int(acc_bits))
     lo, hi = check_out_range(out_lo, out_hi)
     # psum * alpha must stay exact in int64 (the accumulator adds at most 2**47 to it).
-    psum_bound = max_abs(x) * max_abs(codes) * min(group_size, cin_g)
-    if psum_bound * max_abs(alpha_q) > PRODUCT_LIMIT:
+    psum_bound = mx * mc * min(group_size, cin_g)
+    if psum_bound * ma > PRODUCT_LIMIT:
         raise ValueError("psum * alpha_q may exceed int64: inputs, codes or alphas are far too large")
     spec = ConvSpec(B, Cin, H, W, Cout, cin_g, kh, kw, G, OH, OW, (sh, sw), (ph, pw), (dh, dw), groups,
                     group_size, acc_lo, acc_hi, lo, hi)

@@ -7,7 +7,10 @@ Two paths, chosen per output channel, give identical results:
 * Fast path. From the weights and max|x| the wrapper bounds |acc| over every prefix of the sum. When the
   bound fits the accumulator (and int32), no clamp can fire and no event can occur, so the order of the
   sum is free: alphas are folded into the weights (w = code * alpha) and the channel is a plain int32
-  conv. This is the common case (32-bit accumulators). It runs on one of two kernels:
+  conv. This is the common case (32-bit accumulators). It runs on one of three kernels:
+  - simd kernel (tersim.kernels.simd, used whenever the CPU has AVX-512 VNNI and groups == 1): register-
+    blocked tiles of 12 pixels x 32 channels accumulated with vpdpwssd (int16 pairs -> int32), ~2-3x the
+    pure-Numba kernels below on ResNet layers;
   - dot kernel: channels-last, one int16 dot product of length kw * cin_g per (pixel, ky) (vpmaddwd);
     best for deep layers (small images, many channels);
   - wide-grid kernel: the padded input is split into stride phases, so every tap (ky, kx) reads one
@@ -29,6 +32,7 @@ from collections import OrderedDict
 import numpy as np
 from numba import njit, prange
 
+from tersim.kernels import simd
 from tersim.kernels.arith import shift_round_clamp
 from tersim.kernels.common import ConvSpec, check_conv, check_linear, max_abs
 
@@ -301,11 +305,13 @@ def linear_kernel(x, codes, weff, alpha, bias, fast, group_size, acc_lo, acc_hi,
 
 # ----------------------------------------------------------------------------------------------- wrappers
 
-# Kernel choice for the fast channels (measured on ResNet-50 layers): dot products win on small images
-# with many input channels (deep layers); the wide grid wins on large images and few channels (stem).
+# Kernel choice for the fast channels (measured on ResNet-50 layers, benchmarks/bench_kernels.py): the
+# VNNI kernel wins on every ResNet layer where it is available (stem: on par with the grid); without it,
+# dot products win on small images with many input channels (deep layers) and the wide grid on large
+# images and few channels (stem).
 DOT_MIN_SEGMENT = 32      # kw * cin_g: shorter dot products pay too much per-dot overhead
 DOT_MAX_PIXELS = 1024     # OH * OW: above this the grid's long vector loops are faster
-STRATEGY = "auto"         # "auto" | "dot" | "grid" (tests and benchmarks force each)
+STRATEGY = "auto"         # "auto" | "simd" | "dot" | "grid" (tests and benchmarks force each)
 PLAN_CACHE_SIZE = 256
 
 
@@ -342,6 +348,15 @@ def _int16_weights(plan: dict) -> np.ndarray:
         Cout, kh, kw, cin_g = plan["weff"].shape
         plan["w16"] = plan["weff"].astype(np.int16).reshape(Cout, kh, kw * cin_g)
     return plan["w16"]
+
+
+def _simd_weights(plan: dict) -> tuple[np.ndarray, int]:
+    """The int16 weights packed for tersim.kernels.simd (input channels padded to even), made once per plan."""
+    if "wp" not in plan:
+        Cout, kh, kw, cin_g = plan["weff"].shape
+        plan["cin_pad"] = cin_g + cin_g % 2
+        plan["wp"] = simd.pack_weights(_int16_weights(plan).reshape(Cout, kh, kw, cin_g), plan["cin_pad"])
+    return plan["wp"], plan["cin_pad"]
 
 
 def _fast_channels(plan: dict, bias_q: np.ndarray, spec: ConvSpec, xmax: int) -> np.ndarray:
@@ -419,15 +434,24 @@ def conv2d_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np
     plan = _weight_plan(codes, alpha_q, spec.group_size)
     fast = _fast_channels(plan, bias_q, spec, xmax)
     segment = spec.cin_g * (spec.kw if spec.dilation[1] == 1 else 1)
-    prefer_dot = segment >= DOT_MIN_SEGMENT and spec.OH * spec.OW <= DOT_MAX_PIXELS
-    if STRATEGY != "auto":
-        prefer_dot = STRATEGY == "dot"
-    use_dot = fast & (plan["wmax"] < 2**15) & (xmax < 2**15) & prefer_dot
+    has_simd = simd.HAVE_VNNI and spec.groups == 1
+    if STRATEGY in ("auto", "simd") and has_simd:
+        kernel = "simd"
+    elif STRATEGY in ("auto", "simd"):  # no VNNI: the pure-Numba kernels
+        kernel = "dot" if segment >= DOT_MIN_SEGMENT and spec.OH * spec.OW <= DOT_MAX_PIXELS else "grid"
+    else:
+        kernel = STRATEGY
+    # simd and dot take the fast channels with int16 operands; the grid takes the rest (fast or exact)
+    chosen = fast & (plan["wmax"] < 2**15) & (xmax < 2**15) & (kernel != "grid")
+    if kernel == "simd" and chosen.any():
+        wp, cin_pad = _simd_weights(plan)
+        simd.conv2d_vnni(x, wp, cin_pad, bias_q, chosen, spec.kh, spec.kw, spec.stride, spec.padding, spec.dilation,
+                         int(shift), spec.out_lo, spec.out_hi, y)
+    elif kernel == "dot" and chosen.any():
+        _run_dot(x, bias_q, spec, _int16_weights(plan), np.flatnonzero(chosen), shift, y)
     events = 0
-    if use_dot.any():
-        _run_dot(x, bias_q, spec, _int16_weights(plan), np.flatnonzero(use_dot), shift, y)
-    if not use_dot.all():
-        events = _run_grid(x, codes, alpha_q, bias_q, spec, fast, plan["weff"], np.flatnonzero(~use_dot), xmax,
+    if not chosen.all():
+        events = _run_grid(x, codes, alpha_q, bias_q, spec, fast, plan["weff"], np.flatnonzero(~chosen), xmax,
                            saturate, shift, y)
     return y, int(events)
 
