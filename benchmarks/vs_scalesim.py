@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/vs_scalesim.py [--rows 16 --cols 16 --dataflow ws]
 
-Prints, per layer, SCALE-Sim's compute cycles beside tersim's dense compute cycles (they must be equal
-for ws/is; os follows SCALE-Sim's formula), tersim's full ternary cycle count (FGQ N=4, stalls included)
+Prints, per layer, SCALE-Sim's compute cycles beside tersim's dense compute cycles, analytic and counted by
+the cycle-stepped engine on random data (they must be equal for ws/is; os follows SCALE-Sim's formula), tersim's full ternary cycle count (FGQ N=4, stalls included)
 and the FP32 baseline's, then both wall times and their ratio. SCALE-Sim runs in a subprocess with the
 interpreter from $TERSIM_SCALESIM_PYTHON (or <repo>/.venv-scalesim); the default layers take it about
 45 s on a 2-core machine.
@@ -11,6 +11,7 @@ interpreter from $TERSIM_SCALESIM_PYTHON (or <repo>/.venv-scalesim); the default
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -18,7 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+
 from tersim.config import Accelerator  # noqa: E402
+from tersim.engine.cycle_engine import EngineResult, conv2d_engine, linear_engine  # noqa: E402
 from tersim.timing.analytic import SHORT, baseline_layer_timing, layer_timing  # noqa: E402
 from tersim.timing.scalesim_bridge import ENV_VAR, run_scalesim, scalesim_python  # noqa: E402
 from tersim.timing.shapes import LayerShape  # noqa: E402
@@ -48,6 +52,25 @@ def time_tersim(layers: list[LayerShape], hw: Accelerator, min_seconds: float = 
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
             return elapsed / runs
+
+
+def engine_run(shape: LayerShape, hw: Accelerator, seed: int = 0) -> EngineResult:
+    """The layer stepped by the cycle engine on random ternary weights and uint8 activations."""
+    rng = np.random.default_rng(seed)
+    k, n = shape.kernel_h, shape.group_size
+    x = rng.integers(0, 256, (1, shape.in_channels, shape.in_h, shape.in_w)).astype(np.int32)
+    codes = rng.integers(-1, 2, (shape.out_channels, shape.in_channels, k, shape.kernel_w)).astype(np.int8)
+    alpha = rng.integers(1, 256, (shape.out_channels, k, shape.kernel_w, math.ceil(shape.in_channels / n)))
+    common = dict(group_size=n, acc_bits=32, saturate=True, shift=12, out_lo=0, out_hi=255, hw=hw,
+                  weight_kind=shape.weight_kind, name=shape.name)
+    bias = np.zeros(shape.out_channels, np.int64)
+    if shape.in_h == shape.in_w == shape.out_h == shape.out_w == 1 and k == 1:
+        return linear_engine(x[:, :, 0, 0], codes[:, :, 0, 0], alpha[:, 0, 0, :].astype(np.int32), bias, **common)
+    pad = max(0, ((shape.out_h - 1) * shape.stride_h + k - shape.in_h + 1) // 2)
+    r = conv2d_engine(x, codes, alpha.astype(np.int32), bias, stride=(shape.stride_h, shape.stride_w),
+                      padding=(pad, pad), dilation=(1, 1), groups=1, **common)
+    assert r.y.shape[2:] == (shape.out_h, shape.out_w), shape
+    return r
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,27 +105,32 @@ def main(argv: list[str] | None = None) -> int:
     ours_s = time_tersim(layers, hw)
     tern = [layer_timing(s, hw) for s in layers]
     base = [baseline_layer_timing(s, hw) for s in layers]
+    start = time.perf_counter()
+    engine = [engine_run(s, hw).cycles for s in layers]
+    engine_s = time.perf_counter() - start
 
-    header = (f"{'layer':<22}{'K':>6}{'N':>6}{'P':>7}{'SCALE-Sim':>12}{'tersim':>12}{'equal':>7}"
+    header = (f"{'layer':<22}{'K':>6}{'N':>6}{'P':>7}{'SCALE-Sim':>12}{'analytic':>12}{'engine':>12}{'equal':>7}"
               f"{'ternary N=' + str(args.group_size):>15}{'FP32':>12}")
     print("\n" + header + "\n" + "-" * len(header))
     all_equal = True
-    for s, sc, t, b in zip(layers, theirs.compute_cycles, tern, base):
-        equal = sc == t.compute_cycles
+    for s, sc, t, e, b in zip(layers, theirs.compute_cycles, tern, engine, base):
+        equal = sc == t.compute_cycles == e.compute and t.stall_group_scale_cycles == e.group_stall
         all_equal &= equal
-        print(f"{s.name:<22}{s.gemm_k:>6}{s.gemm_n:>6}{s.gemm_p:>7}{sc:>12,}{t.compute_cycles:>12,}"
+        print(f"{s.name:<22}{s.gemm_k:>6}{s.gemm_n:>6}{s.gemm_p:>7}{sc:>12,}{t.compute_cycles:>12,}{e.compute:>12,}"
               f"{'yes' if equal else 'NO':>7}{t.total_cycles:>15,}{b.total_cycles:>12,}")
     print("-" * len(header))
     print(f"{'total':<41}{sum(theirs.compute_cycles):>12,}{sum(t.compute_cycles for t in tern):>12,}"
-          f"{'yes' if all_equal else 'NO':>7}{sum(t.total_cycles for t in tern):>15,}"
-          f"{sum(b.total_cycles for b in base):>12,}")
-    print("\n(SCALE-Sim, tersim: dense stall-free compute cycles; ternary: tersim total incl. group-scale,"
-          " tile and memory stalls; FP32: tersim baseline total)")
+          f"{sum(e.compute for e in engine):>12,}{'yes' if all_equal else 'NO':>7}"
+          f"{sum(t.total_cycles for t in tern):>15,}{sum(b.total_cycles for b in base):>12,}")
+    print("\n(SCALE-Sim, analytic, engine: dense stall-free compute cycles (engine: counted by stepping the array);"
+          " ternary: tersim total incl. group-scale, tile and memory stalls; FP32: tersim baseline total)")
 
     print(f"\nwall time  SCALE-Sim: {theirs.wall_s:.2f} s (run_scale; {theirs.process_s:.2f} s with interpreter start)")
     print(f"           tersim:    {ours_s * 1e3:.3f} ms ({len(layers) / ours_s:,.0f} layers/s, full model incl. "
           "stalls, bytes, energy)")
     print(f"           ratio:     {theirs.wall_s / ours_s:,.0f}x faster")
+    print(f"           engine:    {engine_s:.2f} s (cycle-stepped, data-carrying; {theirs.wall_s / engine_s:,.1f}x faster "
+          "than SCALE-Sim)")
     return 0 if all_equal or dataflow == "output_stationary" else 1
 
 

@@ -1,4 +1,5 @@
-"""Command line: `python -m tersim {run,verify,sweep} HW.yaml MODEL [options]`, `python -m tersim finetune MODEL`.
+"""Command line: `python -m tersim {run,verify,sweep} HW.yaml MODEL [options]`, `python -m tersim finetune MODEL`,
+`python -m tersim plot FILE...`, `python -m tersim export-zoo NAME -o FILE.pt2`.
 
 Any TersimError (bad file, field, graph node) becomes one line on stderr and exit code 2.
 """
@@ -48,16 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(run)
     run.add_argument("--batch-size", type=positive_int, default=64)
     run.add_argument("--out", default="reports", help="directory for the CSV reports (default: reports/)")
+    run.add_argument("--timing", choices=("engine", "analytic"), default="engine",
+                     help="engine: step the first sample through the cycle-level array (checked against the analytic "
+                          "model); analytic: closed forms only (default: engine)")
 
     verify = sub.add_parser("verify", help="check the simulator bit for bit against a PyTorch integer reference")
     _add_model_args(verify)
     verify.set_defaults(limit=256)
 
-    sweep = sub.add_parser("sweep", help="accuracy, multiplications and cycles over group sizes x activation bits")
-    _add_model_args(sweep, one_point=False)
-    sweep.add_argument("--group-sizes", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
-    sweep.add_argument("--act-bits", type=int, nargs="+", choices=(8, 4), default=[8, 4])
-    sweep.add_argument("--out", default="reports", help="directory for the CSV report (default: reports/)")
+    _add_sweep_parsers(sub)
 
     from tersim.finetune.cli import add_parser as add_finetune
 
@@ -75,12 +75,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tersim.pipeline import run
     from tersim.report.tables import format_layers, format_summary, write_atomic
 
-    result = run(args.hw, args.model, batch_size=args.batch_size, progress=sys.stderr.isatty(),
+    result = run(args.hw, args.model, batch_size=args.batch_size, progress=sys.stderr.isatty(), timing=args.timing,
                  group_size=args.group_size, act_bits=args.act_bits, **_model_options(args))
     s = result.summary.iloc[0]
     stem = f"{s.model}_{s.hw}_N{s.group_size}_a{s.act_bits}"
     print(f"tersim run: {s.model} on {s.hw}, FGQ N={s.group_size}, {s.act_bits}-bit activations, {s.samples} samples\n")
     print(format_layers(result.layers))
+    sources = ", ".join(f"{n} layer(s) {src}" for src, n in result.layers.timing.value_counts().items())
+    print(f"timing: {sources}")
     print("\nmodel summary:")
     print(format_summary(result.summary))
     layers_path = write_atomic(result.layers, Path(args.out) / f"{stem}_layers.csv")
@@ -103,15 +105,74 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if n_bad == 0 else 1
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from tersim.report.tables import write_atomic
-    from tersim.sweep import sweep
+def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
+    """`sweep` (design-space sweeps), `plot` (figures + HTML from a sweep/run file), `export-zoo`."""
+    sweep = sub.add_parser("sweep", help="accuracy, multiplications and cycles over group sizes x activation bits "
+                                         "x hardware overrides (CSV, Parquet, HTML report)")
+    _add_model_args(sweep, one_point=False)
+    sweep.add_argument("--group-sizes", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    sweep.add_argument("--act-bits", type=int, nargs="+", choices=(8, 4), default=[8, 4])
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=V1,V2",
+                       help="sweep a hardware field too, e.g. --set array.rows=8,16,32 (repeatable: all combinations)")
+    sweep.add_argument("--timing-only", action="store_true", default=None,
+                       help="skip execution and accuracy: quantization stats + analytic timing only, --data and "
+                            "--limit ignored (the default for a zoo model name without --data)")
+    sweep.add_argument("--out", default="reports", help="directory for the reports (default: reports/)")
+    sweep.add_argument("--cache-dir", help="cache of finished points (default: OUT/.cache)")
+    sweep.add_argument("--no-cache", action="store_true", help="neither read nor write the point cache")
+    where = sweep.add_mutually_exclusive_group()
+    where.add_argument("--jobs", type=positive_int, help="local worker processes (default: 1, serial)")
+    where.add_argument("--workers", type=positive_int, help="start a dask LocalCluster with this many workers")
+    where.add_argument("--dask", metavar="ADDRESS", help="run on a dask.distributed scheduler, e.g. tcp://host:8786")
 
-    frame = sweep(args.hw, args.model, args.group_sizes, args.act_bits, progress=sys.stderr.isatty(),
-                  **_model_options(args))
-    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    path = write_atomic(frame, Path(args.out) / f"{frame.model[0]}_{frame.hw[0]}_sweep.csv")
-    print(f"\nwrote {path}")
+    plot = sub.add_parser("plot", help="every plot a sweep/run CSV or Parquet file allows, plus an HTML report")
+    plot.add_argument("files", nargs="+", help="points and/or per-layer files (.parquet or .csv)")
+    plot.add_argument("--out", help="directory for the figures (default: beside the first file)")
+    plot.add_argument("--point", help="point for the per-layer plots, e.g. group_size=4,act_bits=8 "
+                                      "(default: N closest to 4, widest activations)")
+
+    export = sub.add_parser("export-zoo", help="write a zoo model (random weights) as a torch.export archive")
+    export.add_argument("name", help="zoo model: alexnet, vgg16, resnet18/34/50/101, mobilenet_v2")
+    export.add_argument("-o", "--output", required=True, help="archive to write (.pt2)")
+    export.add_argument("--input-shape", type=input_shape_arg, help="C,H,W (default: 3,224,224)")
+    export.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: 0)")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tersim.report.tables import sweep_headline
+    from tersim.sweeps import parse_set, run_sweep, write_reports
+
+    cache_dir = None if args.no_cache else (args.cache_dir or Path(args.out) / ".cache")
+    result = run_sweep(args.hw, args.model, args.group_sizes, args.act_bits, overrides=parse_set(args.overrides),
+                       timing_only=args.timing_only, cache_dir=cache_dir, jobs=args.jobs, workers=args.workers,
+                       dask=args.dask, **_model_options(args))
+    if result.points.empty:
+        print("tersim: sweep interrupted before any point finished; nothing written", file=sys.stderr)
+        return 130
+    print(sweep_headline(result.points).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    paths = write_reports(result, args.out)
+    print(f"\n{len(result.points)} point(s): {result.computed} computed, {result.cached} from the cache")
+    print("wrote " + ", ".join(map(str, paths)))
+    if result.interrupted:
+        print(f"tersim: interrupted: wrote the {len(result.points)} finished point(s); run again to finish "
+              "(finished points come from the cache)", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from tersim.report.plot_files import plot_files
+
+    for path in plot_files(args.files, args.out, args.point):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_export_zoo(args: argparse.Namespace) -> int:
+    from tersim.models.zoo import export
+
+    path = export(args.name, args.output, seed=args.seed, input_shape=args.input_shape)
+    print(f"wrote {path}")
     return 0
 
 
@@ -120,10 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "finetune":
             return args.func(args)
-        return {"run": cmd_run, "verify": cmd_verify, "sweep": cmd_sweep}[args.command](args)
+        return {"run": cmd_run, "verify": cmd_verify, "sweep": cmd_sweep, "plot": cmd_plot,
+                "export-zoo": cmd_export_zoo}[args.command](args)
     except TersimError as exc:
         print(f"tersim: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print("tersim: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

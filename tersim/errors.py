@@ -27,3 +27,7 @@ class UnsupportedOpsError(TersimError):
 
 class DataError(TersimError):
     """An evaluation/calibration data file is missing or malformed."""
+
+
+class EngineError(TersimError, ValueError):
+    """The cycle-stepped engine cannot run a layer (bad input, unsupported mode) or disagrees with a model."""

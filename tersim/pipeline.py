@@ -5,8 +5,10 @@
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -14,7 +16,9 @@ import pandas as pd
 from tersim.config import Accelerator, load_accelerator
 from tersim.data import check_input_shape, load_dataset, synthetic_inputs
 from tersim.engine.counts import layer_counts
+from tersim.engine.cycle_engine import LayerSimulation, simulate_network
 from tersim.engine.execute import dequantize_output, execute
+from tersim.errors import EngineError
 from tersim.frontend import Graph, execute_float, import_model
 from tersim.quantize.graph import QuantizedGraph, QuantizedLayer, quantize_graph
 from tersim.report.metrics import deviation
@@ -23,7 +27,9 @@ from tersim.timing.shapes import LayerShape
 from tersim.timing.summary import model_summary
 
 CALIBRATION_BATCH = 32
+BASELINE_ENERGY = ("energy_pj_compute", "energy_pj_sram", "energy_pj_dram", "energy_pj_total")
 SYNTHETIC_SAMPLES = 16
+Timing = Literal["engine", "analytic"]
 
 
 @dataclass
@@ -106,13 +112,18 @@ def run(
     *,
     batch_size: int = 64,
     progress: bool = False,
+    timing: Timing = "engine",
     **options,
 ) -> RunResult:
     """Ternarize `model` with FGQ, execute it bit-exactly on the integer engine and time it on `hw`.
 
-    `options` are those of `prepare` (data, group_size, act_bits, method, first_last, limit, input_shape,
-    trust_pickle).
+    timing="engine" steps the first input sample through the cycle-level array, layer by layer (outputs
+    checked bit for bit against the integer kernels, cycles against the analytic model); "analytic"
+    only evaluates the closed forms (what sweeps use). `options` are those of `prepare` (data,
+    group_size, act_bits, method, first_last, limit, input_shape, trust_pickle).
     """
+    if timing not in ("engine", "analytic"):
+        raise EngineError(f"timing must be 'engine' or 'analytic', got {timing!r}")
     p = prepare(hw, model, **options)
     hw, graph, x, y, qgraph = p.hw, p.graph, p.x, p.y, p.qgraph
 
@@ -129,13 +140,45 @@ def run(
         for name, events in result.overflow_events.items():
             overflow[name] = overflow.get(name, 0) + events
     metrics = deviation(np.concatenate(reference), np.concatenate(quantized), y)
+    simulated = _simulate(graph, qgraph, hw, x) if timing == "engine" else None
+    return tabulate(graph, qgraph, hw, samples=len(x), labelled=y is not None, overflow=overflow, metrics=metrics,
+                    simulated=simulated)
 
+
+def _simulate(graph: Graph, qgraph: QuantizedGraph, hw: Accelerator, x: np.ndarray) -> dict[str, LayerSimulation]:
+    """Cycle-stepped timings of every weighted layer (first sample); notes layers it could not step."""
+    shapes = {name: layer_shape(graph, layer) for name, layer in qgraph.layers.items() if layer.weight_kind}
+    simulated = simulate_network(qgraph, hw, x, shapes)
+    if hw.pe.zero_weights == "skip":
+        print("tersim: note: zero_weights 'skip' is not stepped by the cycle engine: its layers ran dense for the "
+              "output check and are timed by the analytic model", file=sys.stderr)
+    return simulated
+
+
+def tabulate(
+    graph: Graph,
+    qgraph: QuantizedGraph,
+    hw: Accelerator,
+    *,
+    samples: int,
+    labelled: bool,
+    overflow: dict[str, int] | None = None,
+    metrics: dict[str, float] | None = None,
+    simulated: dict[str, LayerSimulation] | None = None,
+) -> RunResult:
+    """Report rows from a quantized graph: op counts, weight stats and analytic timing need no execution,
+    so `run` (with the engine's overflow counts and deviation metrics) and timing-only sweeps share them.
+    `simulated`: cycle-stepped timings by layer name (the `timing` column says which source each row used)."""
+    overflow, metrics = overflow or {}, metrics or {}
     rows, tern_timings, base_timings = [], [], []
     for layer in qgraph.layers.values():
         if layer.weight_kind is None:
             continue
-        shape = layer_shape(graph, layer)
-        tern, base = layer_timing(shape, hw), baseline_layer_timing(shape, hw)
+        sim = (simulated or {}).get(layer.node.name)
+        if sim is None:
+            shape = layer_shape(graph, layer)
+            sim = LayerSimulation(layer_timing(shape, hw), baseline_layer_timing(shape, hw), "analytic")
+        tern, base = sim.ternary, sim.baseline
         tern_timings.append(tern)
         base_timings.append(base)
         node = layer.node
@@ -147,7 +190,9 @@ def run(
             "overflow_events": overflow.get(node.name, 0),
             **tern.as_dict(),
             "baseline_cycles": base.total_cycles,
+            **{f"baseline_{k}": getattr(base, k) for k in BASELINE_ENERGY},
             "speedup": base.total_cycles / tern.total_cycles if tern.total_cycles else float("nan"),
+            "timing": sim.source,
         })
     layers = pd.DataFrame(rows)
     effective_n = qgraph.group_size
@@ -155,11 +200,12 @@ def run(
     ternary = layers[layers.weights == "ternary"]
     summary = {
         "model": graph.name, "hw": hw.name, "group_size": qgraph.group_size, "act_bits": qgraph.act_bits,
-        "method": qgraph.method, "samples": len(x), "labelled": y is not None,
+        "method": qgraph.method, "samples": samples, "labelled": labelled,
         "macs": int(layers.macs.sum()), "mults": int(layers.mults.sum()),
         "mults_eliminated": 1 - layers.mults.sum() / layers.macs.sum(),
         "mults_eliminated_ternary_layers": (1 - ternary.mults.sum() / ternary.macs.sum()) if len(ternary) else 0.0,
         "weight_sparsity": float((layers.sparsity * layers.macs).sum() / layers.macs.sum()),
+        "weight_rel_error": float((layers.rel_error * layers.macs).sum() / layers.macs.sum()),
         "overflow_events": int(layers.overflow_events.sum()),
         **timing, **metrics,
     }

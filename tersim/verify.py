@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from tersim.config import Accelerator
+from tersim.engine.cycle_engine import stepped_matches
 from tersim.engine.execute import execute, numba_backend, torch_reference_backend
 from tersim.frontend import Graph, execute_float
 from tersim.pipeline import prepare
@@ -49,6 +50,7 @@ def verify(
     simulated = execute(qgraph, x, numba_backend())
     reference = execute(qgraph, x, torch_reference_backend())
     fp32 = execute_float(graph, x, dtype=np.float32, return_all=True)
+    stepped = stepped_matches(qgraph, p.hw, simulated.outputs)   # the cycle-level array, first sample
 
     rows = []
     for node in graph.nodes:
@@ -65,10 +67,11 @@ def verify(
             "identical": same_shape and mismatches == 0, "mismatches": mismatches,
             "overflow_sim": simulated.overflow_events.get(node.name, 0),
             "overflow_ref": reference.overflow_events.get(node.name, 0),
+            "engine_identical": stepped.get(node.name),
             "fp32_max_abs_err": dev["max_abs_err"], "fp32_cosine": dev["cosine"],
         })
     layers = pd.DataFrame(rows)
-    layers["identical"] &= layers.overflow_sim == layers.overflow_ref
+    layers["identical"] &= (layers.overflow_sim == layers.overflow_ref) & (layers.engine_identical != False)  # noqa: E712
     out = graph.output
     final = deviation(fp32[out], simulated.outputs[out].astype(np.float64) * 2.0 ** -qgraph.output_format.frac, y)
     summary = {"model": graph.name, "group_size": qgraph.group_size, "act_bits": qgraph.act_bits,

@@ -109,16 +109,18 @@ def test_multiplications_eliminated_on_wide_layers(residual_files, group_size):
     assert row.speedup_equal_pe > 0
 
 
-def test_int8_layers_count_one_scale_multiply_per_output(residual_files):
-    """First/last int8 layers: every MAC multiplies, plus one per-channel scale per output (as timed)."""
+def test_int8_layers_scale_once_per_kernel_position(residual_files):
+    """First/last int8 layers: every MAC multiplies, plus the per-channel scale once per output and kernel
+    position (the contract clamps after each; the array and the timing model do the same multiplies)."""
     _, model_path, data = residual_files
     layers = run(Accelerator(), model_path, data=data, group_size=4).layers
     int8 = layers[layers.weights == "int8"]
     assert list(int8.layer) and set(int8.op) == {"conv2d", "linear"}
     outputs = int8.out_shape.map(lambda s: int(np.prod([int(v) for v in s.split("x")])))
-    assert (int8.scale_mults == outputs).all()
-    assert (int8.mults == int8.macs + outputs).all()
-    assert (int8.group_multiplies == int8.scale_mults).all()  # the timing model performs the same multiplies
+    taps = int8.op.map({"conv2d": 9, "linear": 1})                 # the stem is 3x3, the head linear
+    assert (int8.scale_mults == outputs * taps).all()
+    assert (int8.mults == int8.macs + int8.scale_mults).all()
+    assert (int8.group_multiplies == int8.scale_mults).all()
 
 
 @pytest.mark.parametrize("act_bits, overflow", [(8, "saturate"), (4, "wrap")])

@@ -1,6 +1,8 @@
 """Analytic timing model: hand-computed cases per dataflow, properties, equal-area logic, summary."""
 import math
 
+import numpy as np
+
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from tersim.timing.analytic import (
     layer_timing,
     mult_pj,
     num_folds,
+    queue_stall,
 )
 from tersim.timing.shapes import LayerShape
 from tersim.timing.summary import equal_area_array, model_summary, paper_projection
@@ -95,38 +98,53 @@ def test_grouped_conv_is_groups_gemms_back_to_back():
 
 
 # --- group-scaling stalls: hand-computed -------------------------------------------------------------
-# small_layer on a 4x2 ws array, one multiplier per column: 2 row folds of K=4, T=P=10, per fold 2*4+2+10-2=18.
+# small_layer on a 4x2 ws array, one multiplier (FIFO) per column: 2 row folds of K=4, T=P=10; per fold
+# 4 load cycles + a stream phase of 10+4+2-2 = 14 cycles. A group ending at row e sends column c one sum per
+# cycle during [e + c, e + c + 10); the last column (c=1) must empty its FIFO by stream cycle 13.
 @pytest.mark.parametrize("group_size, multiplies, stall", [
-    (4, 1 * 10 * 2 * 2, 0),                  # 1 group per fold: 20 multiplies over 2 multipliers = 10 <= 18
-    (2, 2 * 10 * 2 * 2, 2 * (20 - 18)),      # 2 groups per fold: 40/2 = 20 cycles > 18
-    (1, 4 * 10 * 2 * 2, 2 * (40 - 18)),      # 4 groups per fold: 80/2 = 40 cycles
-    (3, 2 * 10 * 2 * 2, 2 * (20 - 18)),      # groups [0-2][3-5][6-7]: each fold touches 2 (one cut in two)
-])
+    (4, 1 * 10 * 2 * 2, 0),                  # 1 group per fold: one sum per cycle per column, no queue
+    (2, 2 * 10 * 2 * 2, 2 * 8),              # rows 1, 3: 20 sums arrive in 12 cycles [2, 14): 8 left over
+    (1, 4 * 10 * 2 * 2, 2 * 27),             # rows 0-3: 40 sums in 13 cycles [1, 14): 27 left over
+    (3, 3 * 10 * 2, 8),                      # groups [0-2][3-5][6-7]: fold 0 ends row 2, fold 1 rows 1, 3;
+])                                           # group 3-5 is carried across the fold boundary: one multiply
 def test_group_scale_ws_hand_computed(group_size, multiplies, stall):
     t = layer_timing(small_layer(group_size), make_hw())
     assert t.compute_cycles == 2 * 18 - 1
     assert (t.group_multiplies, t.stall_group_scale_cycles) == (multiplies, stall)
 
 
+def test_queue_stall_lindley():
+    # Two sources of 10 items from cycles 1 and 3, one server: 20 items, served from cycle 1 to 12 -> 8 left.
+    assert queue_stall(np.array([1, 3]), 10, 12, 1) == 8
+    assert queue_stall(np.array([1, 3]), 10, 12, 2) == 0
+    assert queue_stall(np.array([0, 0, 0]), 1, 0, 2) == 1       # 3 items in one cycle, 2 served
+    assert queue_stall(np.array([], dtype=np.int64), 5, 9, 1) == 0
+
+
 def test_group_scale_os_hand_computed():
     # os on 4x2: (Sr,Sc,T) = (P=10, N=2, K=8): row folds of 4,4,2 pixels, per fold 4+2+8-2 = 12 cycles.
-    # N=2 -> 4 groups per output; fold needs rows*2*4 multiplies over 2 multipliers: 16, 16, 8 cycles.
+    # N=2 -> groups end at k = 1, 3, 5, 7; PE (r, c) ends group e at stream cycle e + r + c. Column 0 of a
+    # 4-pixel fold: 16 sums over cycles 1..10 (the last column's share must be done by cycle 11): 6 left
+    # over; a 2-pixel fold: 8 sums over cycles 1..8, none left.
     t = layer_timing(small_layer(2), make_hw(dataflow="output_stationary"))
     assert t.compute_cycles == 3 * 12 - 1
     assert t.group_multiplies == 10 * 2 * 4
-    assert t.stall_group_scale_cycles == (16 - 12) * 2
+    assert t.stall_group_scale_cycles == 6 + 6 + 0
 
 
 def test_group_scale_is_hand_computed():
-    # is on 4x2: (Sr,Sc,T) = (K=8, P=10, N=2): 2 row folds x 5 column folds, per fold 2*4+2+2-2 = 10.
-    # N=1: a fold makes 2 columns * 2 filters * 4 groups = 16 multiplies over 2 multipliers = 8 <= 10.
+    # is on 4x2: (Sr,Sc,T) = (K=8, P=10, N=2): 2 row folds x 5 column folds, stream 2+4+2-2 = 6 cycles.
+    # N=1: rows 0-3 end groups, 2 sums each from cycle e (+c): column 0 gets 8 sums in cycles 0..4, 3 left.
     t = layer_timing(small_layer(1), make_hw(dataflow="input_stationary"))
-    assert (t.group_multiplies, t.stall_group_scale_cycles) == (10 * 2 * 8, 0)
+    assert (t.group_multiplies, t.stall_group_scale_cycles) == (10 * 2 * 8, 10 * 3)
+    # one shared multiplier: 16 sums over cycles 0..5 -> 10 left per fold
     t = layer_timing(small_layer(1), make_hw(dataflow="input_stationary", placement="shared", multipliers=1))
-    assert t.stall_group_scale_cycles == 10 * (16 - 10)
+    assert t.stall_group_scale_cycles == 10 * 10
 
 
-def test_int8_layer_scales_once_per_output():
+def test_int8_layer_scales_once_per_kernel_position():
+    # The numerics contract clamps the accumulator after every kernel position's scaled sum, so an int8
+    # layer is one group per kernel position: a 1x1 layer scales once per output, a 3x3 one nine times.
     layer = small_layer(group_size=8, weight_kind="int8")
     t = layer_timing(layer, make_hw())
     assert t.group_multiplies == 10 * 2 and t.stall_group_scale_cycles == 0
@@ -134,6 +152,8 @@ def test_int8_layer_scales_once_per_output():
     per_mac = hw.energy.int32_add_pj + mult_pj(hw.energy, 8, 8)
     per_scale = mult_pj(hw.energy, 8, 32) + hw.energy.int32_add_pj
     assert t.energy_pj_compute == pytest.approx(160 * per_mac + 20 * per_scale)
+    conv = LayerShape.conv2d("c", 3, 4, (6, 6), 3, padding=1, weight_kind="int8", group_size=3)
+    assert layer_timing(conv, make_hw()).group_multiplies == 36 * 4 * 9
 
 
 def test_few_multipliers_make_small_n_slower_on_a_real_layer():
@@ -311,7 +331,8 @@ def test_n1_on_one_shared_multiplier_stalls_at_least_the_excess(layer, hw):
     n1 = LayerShape(**{**layer.__dict__, "group_size": 1})
     t = layer_timing(n1, hw.with_overrides({"group_scaling.placement": "shared", "group_scaling.multipliers": 1}))
     assert t.group_multiplies >= t.active_macs
-    assert t.stall_group_scale_cycles >= t.group_multiplies - t.compute_cycles - 1
+    # one multiplier works at most one sum per array cycle (tile reloads included)
+    assert t.stall_group_scale_cycles + t.tile_reload_cycles >= t.group_multiplies - t.compute_cycles - 1
     if t.active_macs > 2 * (t.compute_cycles + 1):
         assert t.stall_group_scale_cycles > 0
 

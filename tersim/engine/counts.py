@@ -38,9 +38,9 @@ def layer_counts(layer: QuantizedLayer) -> OpCounts:
     macs = pixels * codes.size
     adds = pixels * int(np.count_nonzero(codes))
     if layer.weight_kind == "int8":
-        # One scale per output channel, equal at every kernel position: the hardware applies it once per
-        # finished output (as the timing model does), not once per (ky, kx) as the reference datapath writes it.
-        scale_mults = pixels * cout
+        # One group per kernel position: the contract clamps the accumulator after each kernel position's
+        # scaled sum, so the scale is applied kh * kw times per output (as the array and the timing model do).
+        scale_mults = pixels * cout * kh * kw
         mults = scale_mults + macs
     else:
         scale_mults = pixels * cout * kh * kw * num_groups(cin_g, layer.group_size)

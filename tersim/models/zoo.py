@@ -453,15 +453,19 @@ def count_params(model: nn.Module) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def export(name: str, path: str | os.PathLike[str], batch: int = 1, seed: int = 0) -> Path:
+def export(name: str, path: str | os.PathLike[str], batch: int = 1, seed: int = 0,
+           input_shape: tuple[int, ...] | None = None) -> Path:
     """Write build(name, seed) as a torch.export archive for a static (batch, *input_shape) input.
+
+    `input_shape` (C, H, W) defaults to the zoo entry's (3, 224, 224); a smaller image exports and
+    simulates faster (the heads are adaptive pools; the ResNets, VGG and MobileNetV2 take 32x32, AlexNet 64x64).
 
     Written to a temporary file beside `path` and renamed, so a crash never leaves a truncated
     archive that a later run would try to load.
     """
     entry = _entry(name)
     model = build(name, seed)
-    example = torch.randn(batch, *entry.input_shape)
+    example = torch.randn(batch, *(input_shape or entry.input_shape))
     program = torch.export.export(model, (example,))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

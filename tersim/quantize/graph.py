@@ -132,6 +132,25 @@ def _quantize_weights(node: Node, group_size: int, method: str, scale_bits: int,
                 alpha_frac=alpha_frac, stats={k: float(v) for k, v in stats.items()})
 
 
+def quantize_weights(
+    graph: Graph,
+    hw: Accelerator,
+    group_size: int | None = None,
+    method: str | None = None,
+    first_last: str | None = None,
+) -> dict[str, dict]:
+    """Integer weights and fixed-point alphas of every conv/linear node, by node name.
+
+    They depend on N, the method, first_last and scale_bits but not on act_bits or the data, so a sweep
+    computes them once per N and hands them to `quantize_graph(weights=...)` for every act_bits.
+    """
+    group_size = group_size or hw.group_scaling.group_size
+    int8_layers = _int8_layer_names(graph, first_last or hw.quantization.first_last)
+    return {node.name: _quantize_weights(node, group_size, method or hw.quantization.method,
+                                         hw.group_scaling.scale_bits, node.name in int8_layers)
+            for node in graph.weighted()}
+
+
 def quantize_graph(
     graph: Graph,
     calibration: list[np.ndarray],
@@ -140,11 +159,13 @@ def quantize_graph(
     act_bits: int | None = None,
     method: str | None = None,
     first_last: str | None = None,
+    weights: dict[str, dict] | None = None,
 ) -> QuantizedGraph:
     """Ternarize every weighted layer with FGQ and give every tensor a DFP format.
 
     Arguments left as None come from the hardware config (group_scaling.group_size, pe.act_bits,
-    quantization.method, quantization.first_last).
+    quantization.method, quantization.first_last). `weights`, from `quantize_weights` with the same
+    graph, hw, group_size, method and first_last, skips re-ternarizing.
     """
     group_size = group_size or hw.group_scaling.group_size
     act_bits = act_bits or hw.pe.act_bits
@@ -153,11 +174,12 @@ def quantize_graph(
     if group_size < 1:
         raise ValueError(f"group size must be >= 1, got {group_size}")
     scale_bits = hw.group_scaling.scale_bits
+    if weights is None:
+        weights = quantize_weights(graph, hw, group_size, method, first_last)
 
     max_abs = calibrate_max_abs(graph, calibration)
     fusions = _activation_fusions(graph)
     fused_activations = set(fusions.values())
-    int8_layers = _int8_layer_names(graph, first_last)
     layers: dict[str, QuantizedLayer] = {}
 
     def fmt_for(name: str, signed: bool, bits: int) -> ActFormat:
@@ -188,7 +210,7 @@ def quantize_graph(
         lo, hi = _clamp_bounds(out, activation)
         layer = QuantizedLayer(node, out, lo, hi, fused_activation=activation.name if activation and activation is not node else None)
         if node.op in ("conv2d", "linear"):
-            q = _quantize_weights(node, group_size, method, scale_bits, node.name in int8_layers)
+            q = weights[node.name]
             in_frac = ins[0].frac
             bias = node.bias if node.bias is not None else np.zeros(node.weight.shape[0])
             layer.bias_q = np.rint(bias.astype(np.float64) * 2.0 ** (in_frac + q["alpha_frac"])).astype(np.int64)

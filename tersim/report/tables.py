@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -39,25 +41,46 @@ def _fmt(key: str, value: object) -> str:
     return str(value)
 
 
+# The headline columns of a sweep's points (terminal table, HTML summary); --set columns go after "hw".
+SWEEP_HEADLINE = ("model", "hw", "group_size", "act_bits", "accuracy_fp32", "accuracy_quant", "top1_agreement",
+                  "weight_rel_error", "weight_sparsity", "mults_eliminated", "ternary_cycles", "ternary_latency_s",
+                  "speedup_equal_pe", "speedup_equal_area", "paper_projection", "ternary_energy_pj", "energy_ratio")
+
+
+def sweep_headline(points: pd.DataFrame) -> pd.DataFrame:
+    """The points' key and headline columns, for people (the files keep every column)."""
+    extra = [c for c in points.columns if "." in c]
+    return points[[c for c in (*SWEEP_HEADLINE[:2], *extra, *SWEEP_HEADLINE[2:]) if c in points]]
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     row = summary.iloc[0].to_dict()
     width = max(len(k) for k in row)
     return "\n".join(f"  {k:<{width}}  {_fmt(k, v)}" for k, v in row.items())
 
 
-def write_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write CSV (or Parquet by suffix) to a temp file beside `path`, then rename: never a half-written report."""
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[str]:
+    """A temp file beside `path`, renamed onto it when the block succeeds: never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make reports private to their writer
     try:
-        if path.suffix == ".parquet":
-            frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write CSV (or Parquet by suffix) atomically: never a half-written report."""
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        if path.suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
     return path

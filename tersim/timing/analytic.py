@@ -96,65 +96,96 @@ def _fold_sizes(total: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(sizes, dtype=np.int64), np.array(counts, dtype=np.int64)
 
 
-def _segments_in_windows(shape: LayerShape, k_eff: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row fold (K on rows): rows used, and FGQ groups whose members fall in the fold.
+def group_ends(shape: LayerShape, k_eff: int) -> np.ndarray:
+    """K indices (compressed ones with skip) whose PE completes an FGQ group: there the group's exact partial
+    sum leaves the adder chain for a group-scaling multiplier.
 
-    A group cut by a fold boundary needs one multiply per piece (alpha*(a+b) = alpha*a + alpha*b).
-    With skip, compressed row r stands for original index floor(r * K / k_eff) (non-zeros spread evenly).
+    Groups are runs of `group_size` channels restarting at every kernel position (int8 layers: one group
+    per kernel position, the numerics contract's datapath). With skip, compressed row r stands for original
+    index floor(r * K / k_eff) (non-zeros spread evenly); an all-zero group is compressed out with its multiply.
     """
-    k, cin, gs = shape.gemm_k, shape.cin_per_group, shape.group_size
-    g_per_kpos = shape.scale_groups_per_kpos
-    starts = np.arange(0, k_eff, rows, dtype=np.int64)
-    ends = np.minimum(starts + rows, k_eff)
-    if shape.weight_kind == "int8":  # one per-channel scale, applied once the whole K is accumulated
-        segs = np.zeros_like(starts)
-        segs[-1] = 1
-        return ends - starts, segs
-    lo, hi = starts * k // k_eff, ends * k // k_eff
-
-    def seg(idx: np.ndarray) -> np.ndarray:
-        return (idx // cin) * g_per_kpos + (idx % cin) // gs
-
-    # r non-zeros touch at most r groups: with skip, all-zero groups are compressed out with their multiply.
-    return ends - starts, np.minimum(seg(hi - 1) - seg(lo) + 1, ends - starts)
+    k, cin = shape.gemm_k, shape.cin_per_group
+    orig = np.arange(k_eff, dtype=np.int64) * k // k_eff
+    seg = (orig // cin) * shape.scale_groups_per_kpos + (orig % cin) // shape.group_size
+    return np.flatnonzero(np.append(seg[1:] != seg[:-1], True))
 
 
-def group_scale(shape: LayerShape, k_eff: int, hw: Accelerator, per_fold: int) -> tuple[int, int]:
+def queue_stall(starts: np.ndarray, width: int, last: int, rate: int) -> int:
+    """Cycles a FIFO served `rate` items per cycle still needs after cycle `last` to empty.
+
+    Item source j puts one item in the FIFO every cycle of [starts_j, starts_j + width) (all before `last`);
+    items are served from their arrival cycle on. Lindley: the backlog after `last` is
+    max(0, max over t0 of (items arriving at or after t0) - rate * (last - t0 + 1)); the arrival rate only
+    changes at starts_j and starts_j + width, so the maximum is at one of those cycles.
+    """
+    if starts.size == 0:
+        return 0
+    d = np.sort(starts.astype(np.int64))
+    cum = np.concatenate(([0], np.cumsum(d)))
+    t0 = np.concatenate((d, d + width))
+    hi = np.searchsorted(d, t0, "left")              # sources not started by t0: all `width` items after it
+    lo = np.searchsorted(d, t0 - width, "right")     # sources running at t0: d_j + width - t0 items after it
+    after = (d.size - hi) * width + (cum[hi] - cum[lo]) + (width - t0) * (hi - lo)
+    backlog = int(np.max(after - rate * (last - t0 + 1)))
+    return max(0, -(-backlog // rate))
+
+
+def _fold_stall(ends: np.ndarray, width: int, last: int, cols_used: int, rate: int, per_column: bool) -> int:
+    """Group-scale stall of one fold: the multipliers' FIFO must empty before the next fold starts.
+
+    Column c's group sums arrive like column 0's, c cycles later (the skew). per_column: each column has
+    its own `rate` multipliers, so the last used column, whose arrivals end latest, decides; shared: one
+    FIFO takes every used column's arrivals.
+    """
+    if per_column:
+        return queue_stall(ends, width, last - (cols_used - 1), rate)
+    return queue_stall((ends[:, None] + np.arange(cols_used)).ravel(), width, last, rate)
+
+
+def group_scale(shape: LayerShape, k_eff: int, hw: Accelerator, t_tile: int) -> tuple[int, int]:
     """(group multiplies performed, stall cycles) of the whole layer.
 
-    Per fold: needed = group multiplies whose partial sums the fold produces; available = multipliers
-    the fold can use (shared: all of them; per_column: those of the columns in use; per_pe: one per PE
-    in use); the multipliers can work through the whole fold (a partial-sum FIFO decouples them from
-    the array), so the fold lasts max(per_fold, ceil(needed / available)) cycles:
-    stall = max(0, ceil(needed / available) - per_fold).
-      ws/is (K on rows): needed = cols_used * T * groups_in_this_K_window
-      os (K in time):    needed = rows_used * cols_used * groups_per_output
-    Small N => more groups per window => more multiplies per cycle => stalls on few multipliers.
-    int8-weight layers have one scale per output channel, the same at every kernel position, so the
-    hardware applies it once per finished output (the engine's datapath counts one per kernel position;
-    the sums are identical).
+    Every group's exact partial sum is multiplied once by its alpha; a group cut by a row-fold boundary
+    carries its raw partial sum into the next fold (the column's top psum input), so it still takes one
+    multiply and the accumulation order stays the numerics contract's. The partial sums queue in a FIFO
+    per column (per_column: multipliers/cols each) or one FIFO (shared); the fold ends when the array
+    is done and the FIFO is empty (`_fold_stall`). per_pe never stalls: a PE finishes at most one group
+    per cycle. Arrivals of one fold, stream cycle 0 = first streamed element at row 0:
+      ws/is (K on rows): group end at row e of the window: one sum per cycle in [e + c, e + c + T_tile)
+                         in column c (T_tile = the P tile (ws) / N tile (is) the fold streams);
+      os (K in time):    PE (r, c) ends group e at cycle e + r + c (one item).
+    The stream phase lasts T + rows + cols - 2 cycles.
     """
-    rows, cols, df = hw.array.rows, hw.array.cols, hw.array.dataflow
-    gs_cfg = hw.group_scaling
+    rows, cols, df = hw.array.rows, hw.array.cols, SHORT[hw.array.dataflow]
+    placement, multipliers = hw.group_scaling.placement, hw.group_scaling.multipliers
+    ends = group_ends(shape, k_eff)
+    mults = shape.groups * ends.size * shape.gemm_n * shape.gemm_p
+    if placement == "per_pe":
+        return mults, 0
+    per_column = placement == "per_column"
+    rate = multipliers // cols if per_column else multipliers
     sr, sc, t = gemm_dims(k_eff, shape.gemm_n, shape.gemm_p, df)
     c_sizes, c_counts = _fold_sizes(sc, cols)
-    if SHORT[df] == "os":
-        r_sizes, r_counts = _fold_sizes(sr, rows)
-        per_output = 1 if shape.weight_kind == "int8" else min(shape.scale_segments, k_eff)
-        needed = np.outer(r_sizes * per_output, c_sizes)
-    else:
-        r_sizes, segs = _segments_in_windows(shape, k_eff, rows)
-        r_counts = np.ones_like(r_sizes)
-        needed = np.outer(segs * t, c_sizes)
-    if gs_cfg.placement == "shared":
-        avail = np.full(needed.shape, gs_cfg.multipliers, dtype=np.int64)
-    elif gs_cfg.placement == "per_column":
-        avail = np.outer(np.ones_like(r_sizes), c_sizes * (gs_cfg.multipliers // cols))
-    else:  # per_pe
-        avail = np.outer(r_sizes, c_sizes)
-    stall = np.maximum(0, -(-needed // avail) - per_fold)
-    weight = np.outer(r_counts, c_counts)
-    return shape.groups * int((needed * weight).sum()), shape.groups * int((stall * weight).sum())
+    stall = 0
+    if df == "os":
+        last = t + rows + cols - 3
+        for ru, rc in zip(*_fold_sizes(sr, rows)):
+            if ends.size * ru * (1 if per_column else cols) <= rate:
+                continue  # never more arrivals per cycle than multipliers
+            pes = (ends[:, None] + np.arange(ru)).ravel()
+            stall += sum(rc * cc * _fold_stall(pes, 1, last, cu, rate, per_column) for cu, cc in zip(c_sizes, c_counts))
+        return int(mults), shape.groups * int(stall)
+    windows: dict[bytes, int] = {}
+    for w in np.split(ends % rows, np.searchsorted(ends, np.arange(rows, sr, rows))):
+        windows[w.tobytes()] = windows.get(w.tobytes(), 0) + 1
+    for key, wc in windows.items():
+        w = np.frombuffer(key, dtype=ends.dtype)
+        if w.size * (1 if per_column else cols) <= rate:
+            continue
+        for tn, tc in zip(*_fold_sizes(t, t_tile)):
+            stall += sum(wc * tc * cc * _fold_stall(w, tn, tn + rows + cols - 3, cu, rate, per_column)
+                         for cu, cc in zip(c_sizes, c_counts))
+    return int(mults), shape.groups * int(stall)
 
 
 # --- memory: a roofline per layer --------------------------------------------------------------------
@@ -163,6 +194,7 @@ class _Traffic:
     dram_bytes: int
     sram_bytes: int
     t_tiles: int
+    t_tile: int     # T elements per tile (the whole T when it fits)
 
 
 def _dram_reads(outer_bytes: float, outer_pieces: int, outer_cap: float,
@@ -206,7 +238,7 @@ def memory_traffic(shape: LayerShape, k_eff: int, rows: int, cols: int, dataflow
     acc_bytes = math.ceil(acc_bits / 8)
 
     if df == "os":
-        t_tiles = 1
+        t_tile, t_tiles = t, 1
         n_pieces, p_pieces = c_folds, r_folds
         array_side = r_folds * weight_bytes + c_folds * im2col_bytes + out_bytes
     else:
@@ -223,7 +255,8 @@ def memory_traffic(shape: LayerShape, k_eff: int, rows: int, cols: int, dataflow
     reads = g * min(_dram_reads(w, n_pieces, cap_w, a, p_pieces, cap_a),
                     _dram_reads(a, p_pieces, cap_a, w, n_pieces, cap_w))
     dram = int(math.ceil(reads)) + out_bytes
-    return _Traffic(dram_bytes=dram, sram_bytes=int(math.ceil(array_side)) + dram, t_tiles=t_tiles)
+    return _Traffic(dram_bytes=dram, sram_bytes=int(math.ceil(array_side)) + dram, t_tiles=t_tiles,
+                    t_tile=min(t_tile, t))
 
 
 # --- energy helpers ----------------------------------------------------------------------------------
@@ -299,6 +332,17 @@ def _finish(shape: LayerShape, design: str, rows: int, cols: int, dataflow: str,
     )
 
 
+@dataclass(frozen=True)
+class ArrayCycles:
+    """What the PE array itself does in one layer: from the closed forms here, or counted by stepping the
+    array cycle by cycle (tersim.engine.cycle_engine). `compute` is SCALE-Sim's stall-free count."""
+
+    compute: int
+    group_stall: int
+    tile_reload: int
+    group_mults: int
+
+
 def _reload_cycles(t_tiles: int, folds: int, rows: int, cols: int, dataflow: str) -> int:
     """ws/is: each extra T tile re-runs every fold's load, fill and drain (2*rows + cols - 2 cycles)."""
     return 0 if SHORT[dataflow] == "os" else (t_tiles - 1) * folds * (2 * rows + cols - 2)
@@ -309,61 +353,88 @@ def layer_timing(shape: LayerShape, hw: Accelerator, *, os_formula: OsFormula = 
 
     Ternary layers: a PE adds/subtracts/skips an act_bits activation per cycle; 2-bit codes plus an
     alpha table of scale_bits. int8-weight layers run on the same array, every MAC an 8-bit multiply at
-    one per PE per cycle, with one scale multiply per finished output.
+    one per PE per cycle, their per-channel scale applied per kernel position as the numerics contract
+    writes it (one group per kernel position).
 
     With `zero_weights: skip` the (offline) weight compressor keeps a layer dense when compressing does
     not pay: a multiplier-bound layer gains nothing from fewer add cycles, and packing more groups into
-    each fold can cut groups at new fold boundaries (one more multiply each). So skip is never slower.
+    each fold can crowd the multipliers. So skip is never slower.
     """
     k_eff = effective_k(shape, hw.array.dataflow, hw.pe.zero_weights)
-    timing = _ternary_timing(shape, hw, k_eff, os_formula)
+    timing = ternary_timing(shape, hw, k_eff=k_eff, os_formula=os_formula)
     if k_eff < shape.gemm_k:
-        dense = _ternary_timing(shape, hw, shape.gemm_k, os_formula)
+        dense = ternary_timing(shape, hw, os_formula=os_formula)
         if dense.total_cycles < timing.total_cycles:
             return dense
     return timing
 
 
-def _ternary_timing(shape: LayerShape, hw: Accelerator, k_eff: int, os_formula: OsFormula) -> LayerTiming:
+def ternary_traffic(shape: LayerShape, hw: Accelerator, k_eff: int | None = None) -> _Traffic:
+    """Bytes and T tiling of the layer on the ternary design (2-bit codes or int8 weights + scales)."""
+    k_eff = shape.gemm_k if k_eff is None else k_eff
+    w_bits = 8 if shape.weight_kind == "int8" else hw.pe.weight_bits
+    weight_bytes = math.ceil(shape.num_weights * w_bits / 8) + math.ceil(shape.num_alphas * hw.group_scaling.scale_bits / 8)
+    return memory_traffic(shape, k_eff, hw.array.rows, hw.array.cols, hw.array.dataflow, hw.memory, weight_bytes,
+                          hw.pe.act_bits, hw.pe.act_bits, hw.accumulator.bits)
+
+
+def array_cycles(shape: LayerShape, hw: Accelerator, k_eff: int, os_formula: OsFormula, t_tile: int,
+                 t_tiles: int) -> ArrayCycles:
+    """The closed forms: compute (SCALE-Sim), group-scale stalls, tile reloads, group multiplies."""
     rows, cols, df = hw.array.rows, hw.array.cols, hw.array.dataflow
+    n, p = shape.gemm_n, shape.gemm_p
+    compute = compute_cycles(k_eff, n, p, rows, cols, df, os_formula, gemms=shape.groups)
+    group_mults, group_stall = group_scale(shape, k_eff, hw, t_tile)
+    folds = shape.groups * num_folds(*gemm_dims(k_eff, n, p, df)[:2], rows, cols)
+    return ArrayCycles(compute, group_stall, _reload_cycles(t_tiles, folds, rows, cols, df), group_mults)
+
+
+def ternary_timing(shape: LayerShape, hw: Accelerator, cycles: ArrayCycles | None = None, *, k_eff: int | None = None,
+                   os_formula: OsFormula = "scalesim") -> LayerTiming:
+    """The layer on the ternary design with K stepped as `k_eff` (default: dense); `cycles` from the
+    cycle-stepped engine, else from the closed forms. Bytes, memory stalls and energy follow from them."""
+    rows, cols, df = hw.array.rows, hw.array.cols, hw.array.dataflow
+    k_eff = shape.gemm_k if k_eff is None else k_eff
     act_bits, acc_bits = hw.pe.act_bits, hw.accumulator.bits
     scale_bits, energy = hw.group_scaling.scale_bits, hw.energy
-    n, p = shape.gemm_n, shape.gemm_p
-    per_fold = fold_cycles(rows, cols, gemm_dims(k_eff, n, p, df)[2], df, os_formula)
-    compute = compute_cycles(k_eff, n, p, rows, cols, df, os_formula, gemms=shape.groups)
-    group_mults, group_stall = group_scale(shape, k_eff, hw, per_fold)
-
-    w_bits = 8 if shape.weight_kind == "int8" else hw.pe.weight_bits
-    weight_bytes = math.ceil(shape.num_weights * w_bits / 8) + math.ceil(shape.num_alphas * scale_bits / 8)
-    traffic = memory_traffic(shape, k_eff, rows, cols, df, hw.memory, weight_bytes, act_bits, act_bits, acc_bits)
-    folds = shape.groups * num_folds(*gemm_dims(k_eff, n, p, df)[:2], rows, cols)
-    reload = _reload_cycles(traffic.t_tiles, folds, rows, cols, df)
+    traffic = ternary_traffic(shape, hw, k_eff)
+    if cycles is None:
+        cycles = array_cycles(shape, hw, k_eff, os_formula, traffic.t_tile, traffic.t_tiles)
 
     # Zero weights are gated (no add energy) in both modes; only `skip` also saves their cycles.
     nonzero_macs = round(shape.macs * (1.0 - shape.zero_fraction))
     per_mac = add_pj(energy, acc_bits) + (mult_pj(energy, 8, act_bits) if shape.weight_kind == "int8" else 0.0)
-    # The scaled operand is one group's partial sum (ternary) or the whole int8 accumulation (int8 layers).
+    # The scaled operand is one group's partial sum (ternary) or one kernel position's int8 sum.
     scaled_bits = acc_bits if shape.weight_kind == "int8" else psum_bits(act_bits, shape.group_size, acc_bits)
     per_scale = mult_pj(energy, scale_bits, scaled_bits) + add_pj(energy, acc_bits)
-    compute_pj = nonzero_macs * per_mac + group_mults * per_scale
+    compute_pj = nonzero_macs * per_mac + cycles.group_mults * per_scale
 
     multipliers = rows * cols if hw.group_scaling.placement == "per_pe" else hw.group_scaling.multipliers
-    active = shape.groups * k_eff * n * p
-    return _finish(shape, "ternary", rows, cols, df, hw.memory, compute, group_stall, reload, traffic,
-                   active, group_mults, multipliers, energy, compute_pj)
+    active = shape.groups * k_eff * shape.gemm_n * shape.gemm_p
+    return _finish(shape, "ternary", rows, cols, df, hw.memory, cycles.compute, cycles.group_stall,
+                   cycles.tile_reload, traffic, active, cycles.group_mults, multipliers, energy, compute_pj)
 
 
-def baseline_layer_timing(shape: LayerShape, hw: Accelerator, *, os_formula: OsFormula = "scalesim") -> LayerTiming:
+def baseline_traffic(shape: LayerShape, hw: Accelerator) -> _Traffic:
+    """Bytes and T tiling on the FP32 baseline: 4-byte weights, activations and partial sums."""
+    base = hw.baseline
+    weight_bytes = shape.num_weights * FP32_BITS // 8
+    return memory_traffic(shape, shape.gemm_k, base.array.rows, base.array.cols, base.array.dataflow, base.memory,
+                          weight_bytes, FP32_BITS, FP32_BITS, FP32_BITS)
+
+
+def baseline_layer_timing(shape: LayerShape, hw: Accelerator, cycles: ArrayCycles | None = None, *,
+                          os_formula: OsFormula = "scalesim") -> LayerTiming:
     """The same layer on the FP32 baseline (hw.baseline): FP32 MAC PEs, 4-byte weights, activations and
-    partial sums, dense (no zero skipping), no group scaling."""
+    partial sums, dense (no zero skipping), no group scaling. `cycles` from the engine, else closed forms."""
     base = hw.baseline
     rows, cols, df = base.array.rows, base.array.cols, base.array.dataflow
     k, n, p = shape.gemm_k, shape.gemm_n, shape.gemm_p
-    compute = compute_cycles(k, n, p, rows, cols, df, os_formula, gemms=shape.groups)
-    weight_bytes = shape.num_weights * FP32_BITS // 8
-    traffic = memory_traffic(shape, k, rows, cols, df, base.memory, weight_bytes, FP32_BITS, FP32_BITS, FP32_BITS)
-    folds = shape.groups * num_folds(*gemm_dims(k, n, p, df)[:2], rows, cols)
-    reload = _reload_cycles(traffic.t_tiles, folds, rows, cols, df)
+    traffic = baseline_traffic(shape, hw)
+    if cycles is None:
+        folds = shape.groups * num_folds(*gemm_dims(k, n, p, df)[:2], rows, cols)
+        cycles = ArrayCycles(compute_cycles(k, n, p, rows, cols, df, os_formula, gemms=shape.groups), 0,
+                             _reload_cycles(traffic.t_tiles, folds, rows, cols, df), 0)
     compute_pj = shape.macs * (hw.energy.fp32_mult_pj + hw.energy.fp32_add_pj)
-    return _finish(shape, "fp32", rows, cols, df, base.memory, compute, 0, reload, traffic,
+    return _finish(shape, "fp32", rows, cols, df, base.memory, cycles.compute, 0, cycles.tile_reload, traffic,
                    shape.macs, 0, 0, hw.energy, compute_pj)

@@ -1,0 +1,291 @@
+"""Run one conv/linear layer through the cycle-stepped PE array (tersim.kernels.systolic) and count cycles.
+
+A layer is `groups` GEMMs (K = kh*kw*Cin/groups, N filters, P output pixels; docs/TIMING.md section 1),
+stepped one after the other on hw.array in its dataflow:
+
+    ws: weights (N, K) stationary, im2col activations (P, K) streamed    out (P, N)
+    is: activations (P, K) stationary, weights (N, K) streamed          out (N, P)
+    os: activations on rows, weights on columns, K in time              out (P, N)
+
+This module validates, lays the operands out (im2col in the contract's (ky, kx, c) order, one alpha
+column per group) and turns the kernels' counters into `ArrayCycles`, so that
+tersim.timing.analytic builds the report row (bytes, memory stalls, energy) exactly as for its own
+closed forms. int8-weight layers run on the same array: a PE multiplies (one MAC per cycle) instead of
+adding, and their scale is a group per kernel position. `zero_weights: skip` is not stepped: the
+engine always steps the dense (gate) schedule; skip designs are timed by the analytic model.
+The FP32 baseline steps the same kernels on float32 data (`baseline_gemm`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tersim.config import Accelerator
+from tersim.errors import EngineError
+from tersim.kernels.common import check_conv, check_linear, max_abs
+from tersim.kernels.elementwise import requantize_int
+from tersim.kernels.systolic import QUEUE_NONE, QUEUE_PER_COLUMN, QUEUE_SHARED, run_os_gemm, run_stream_gemm
+from tersim.quantize.graph import QuantizedGraph, QuantizedLayer
+from tersim.timing.analytic import (SHORT, ArrayCycles, LayerTiming, OsFormula, baseline_traffic, group_ends,
+                                    ternary_traffic)
+from tersim.timing.shapes import LayerShape
+
+FLOAT_LIMIT = 2**62  # "accumulator range" of the float baseline: never reached, no clamping
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """Outputs and counters of one stepped layer."""
+
+    y: np.ndarray            # int32 outputs, as tersim.kernels.conv2d_int / linear_int (float32 for the baseline)
+    overflow_events: int
+    cycles: ArrayCycles      # compute (SCALE-Sim convention), group-scale stalls, tile reloads, group multiplies
+    stepped_cycles: int      # every cycle the kernels stepped
+    pe_cycles: int           # rows * cols * stepped_cycles: the throughput measure
+    shape: LayerShape        # the layer as the analytic model sees it
+
+
+def im2col(x: np.ndarray, kh: int, kw: int, stride: tuple[int, int], padding: tuple[int, int],
+           dilation: tuple[int, int], groups: int, oh: int, ow: int) -> np.ndarray:
+    """(groups, B*OH*OW, kh*kw*Cin/groups): each output pixel's inputs in the contract's order (ky, kx, c)."""
+    B, C, H, W = x.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    xp = np.zeros((B, C, H + 2 * ph, W + 2 * pw), x.dtype)
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    taps = [xp[:, :, ky * dh:ky * dh + (oh - 1) * sh + 1:sh, kx * dw:kx * dw + (ow - 1) * sw + 1:sw]
+            for ky in range(kh) for kx in range(kw)]                        # each (B, C, OH, OW)
+    cols = np.stack(taps, axis=1).reshape(B, kh * kw, groups, C // groups, oh, ow)
+    return np.ascontiguousarray(cols.transpose(2, 0, 4, 5, 1, 3)).reshape(groups, B * oh * ow, -1)
+
+
+def _queue(hw: Accelerator) -> tuple[int, int]:
+    """(FIFO kind, multipliers per FIFO) of the group-scaling units; per_pe never stalls."""
+    gs = hw.group_scaling
+    if gs.placement == "per_column":
+        return QUEUE_PER_COLUMN, gs.multipliers // hw.array.cols
+    if gs.placement == "shared":
+        return QUEUE_SHARED, gs.multipliers
+    return QUEUE_NONE, 1
+
+
+def _run_gemms(xcol: np.ndarray, wcol: np.ndarray, ends: np.ndarray, gidx: np.ndarray, alpha: np.ndarray,
+               bias: np.ndarray, rows: int, cols: int, dataflow: str, os_formula: OsFormula, t_tile: int,
+               lo: int, hi: int, wrap: bool, queue: tuple[int, int], acc_dtype, psum_dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Every conv group's GEMM on the array; returns accumulators (groups, P, N) and summed counters."""
+    groups, P, K = xcol.shape
+    N = wcol.shape[0] // groups
+    acc = np.zeros((groups, P, N), acc_dtype)
+    stats = np.zeros(8, np.int64)
+    proto = np.zeros(1, psum_dtype)
+    df = SHORT[dataflow]
+    for g in range(groups):
+        w, a, b = wcol[g * N:(g + 1) * N], alpha[g * N:(g + 1) * N], bias[g * N:(g + 1) * N]
+        if df == "os":
+            stats += run_os_gemm(xcol[g], w, ends, gidx, a, b, rows, cols, os_formula == "paper", lo, hi, wrap,
+                                 *queue, acc[g], proto)
+        elif df == "ws":
+            stats += run_stream_gemm(w, np.ascontiguousarray(xcol[g].T), ends, gidx, a, b, False, rows, cols, t_tile,
+                                     lo, hi, wrap,
+                                     *queue, acc[g], proto)
+        else:
+            out = np.zeros((N, P), acc_dtype)
+            stats += run_stream_gemm(xcol[g], np.ascontiguousarray(w.T), ends, gidx, a, b, True, rows, cols, t_tile,
+                                     lo, hi, wrap,
+                                     *queue, out, proto)
+            acc[g] = out.T
+    return acc, stats
+
+
+def _cycles(stats: np.ndarray) -> ArrayCycles:
+    """Counters -> ArrayCycles. SCALE-Sim reports the index of the last cycle, so compute is the stepped
+    count minus one; tile reloads are the load/fill/drain cycles of every T tile after a fold's first."""
+    stepped, reload = int(stats[0]), int(stats[4])
+    return ArrayCycles(compute=stepped - reload - 1, group_stall=int(stats[5]), tile_reload=reload,
+                       group_mults=int(stats[7]))
+
+
+def _shape(spec, weight_kind: str, name: str) -> LayerShape:
+    return LayerShape(name=name, batch=spec.B, in_channels=spec.Cin, in_h=spec.H, in_w=spec.W,
+                      out_channels=spec.Cout, out_h=spec.OH, out_w=spec.OW, kernel_h=spec.kh, kernel_w=spec.kw,
+                      stride_h=spec.stride[0], stride_w=spec.stride[1], groups=spec.groups,
+                      weight_kind=weight_kind, group_size=spec.group_size)
+
+
+def conv2d_engine(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np.ndarray, *, group_size: int,
+                  stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], groups: int,
+                  acc_bits: int, saturate: bool, shift: int, out_lo: int, out_hi: int, hw: Accelerator,
+                  weight_kind: str = "ternary", os_formula: OsFormula = "scalesim", name: str = "layer") -> EngineResult:
+    """tersim.kernels.conv2d_int's arguments, stepped on hw.array: same outputs and overflow events,
+    plus the cycles. The output buffer's T tiling comes from the analytic memory model."""
+    try:
+        spec, x, codes, alpha_q, bias_q = check_conv(x, codes, alpha_q, bias_q, group_size=group_size, stride=stride,
+                                                     padding=padding, dilation=dilation, groups=groups,
+                                                     acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi)
+    except (TypeError, ValueError) as exc:
+        raise EngineError(f"layer '{name}': {exc}") from None
+    if spec.B == 0 or spec.Cout == 0:
+        raise EngineError(f"layer '{name}': nothing to simulate (batch or channels is 0)")
+    shape = _shape(spec, weight_kind, name)
+    K = shape.gemm_k
+    rows, cols, df = hw.array.rows, hw.array.cols, hw.array.dataflow
+    ends = np.zeros(K, np.bool_)
+    ends[group_ends(shape, K)] = True
+    gidx = (np.arange(K) // spec.cin_g) * spec.G + (np.arange(K) % spec.cin_g) // spec.group_size
+    # Exact group sums (carried across folds too) need at most max|x| * max|code| * min(N, cin_g).
+    narrow = max_abs(x) * max(1, max_abs(codes)) * min(spec.group_size, spec.cin_g) < 2**31
+    dtype = np.int32 if narrow else np.int64
+    xcol = im2col(x.astype(dtype, copy=False), spec.kh, spec.kw, spec.stride, spec.padding, spec.dilation,
+                  spec.groups, spec.OH, spec.OW)
+    wcol = np.ascontiguousarray(codes.transpose(0, 2, 3, 1), dtype).reshape(spec.Cout, K)
+    alpha = np.ascontiguousarray(alpha_q, np.int64).reshape(spec.Cout, -1)
+    acc, stats = _run_gemms(xcol, wcol, ends, gidx, alpha, np.asarray(bias_q, np.int64), rows, cols, df, os_formula,
+                            ternary_traffic(shape, hw).t_tile, spec.acc_lo, spec.acc_hi, not saturate, _queue(hw),
+                            np.int64, dtype)
+    acc = acc.reshape(spec.groups, spec.B, spec.OH, spec.OW, spec.cout_g).transpose(1, 0, 4, 2, 3)
+    y = requantize_int(acc.reshape(spec.B, spec.Cout, spec.OH, spec.OW), shift=shift, out_lo=out_lo, out_hi=out_hi)
+    stepped = int(stats[0])
+    return EngineResult(y, int(stats[6]), _cycles(stats), stepped, rows * cols * stepped, shape)
+
+
+def linear_engine(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np.ndarray, *, group_size: int,
+                  acc_bits: int, saturate: bool, shift: int, out_lo: int, out_hi: int, hw: Accelerator,
+                  weight_kind: str = "ternary", os_formula: OsFormula = "scalesim", name: str = "layer") -> EngineResult:
+    """tersim.kernels.linear_int stepped on the array: a 1x1 conv on a 1x1 image."""
+    try:
+        spec, x, codes, alpha_q, bias_q = check_linear(x, codes, alpha_q, bias_q, group_size=group_size,
+                                                       acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi)
+    except (TypeError, ValueError) as exc:
+        raise EngineError(f"layer '{name}': {exc}") from None
+    r = conv2d_engine(x[:, :, None, None], codes[:, :, None, None], alpha_q[:, None, None, :], bias_q,
+                      group_size=group_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                      acc_bits=acc_bits, saturate=saturate, shift=shift, out_lo=out_lo, out_hi=out_hi, hw=hw,
+                      weight_kind=weight_kind, os_formula=os_formula, name=name)
+    return EngineResult(r.y.reshape(spec.B, spec.Cout), r.overflow_events, r.cycles, r.stepped_cycles, r.pe_cycles,
+                        r.shape)
+
+
+def baseline_gemm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *, stride: tuple[int, int],
+                  padding: tuple[int, int], dilation: tuple[int, int], groups: int, hw: Accelerator,
+                  os_formula: OsFormula = "scalesim", name: str = "layer") -> EngineResult:
+    """The FP32 baseline (hw.baseline): the same stepping on float32 data. No groups: the column's sum
+    leaves the bottom PE into the output buffer once per row fold (os: once per output), no multipliers,
+    no clamping. x (B, Cin, H, W) float, weight (Cout, Cin/groups, kh, kw); y float32 (B, Cout, OH, OW)."""
+    x, weight = np.asarray(x, np.float32), np.asarray(weight, np.float32)
+    cout, cin_g, kh, kw = weight.shape
+    zero = np.zeros((cout, kh, kw, 1), np.int32)
+    try:   # geometry checks and output size, on integer stand-ins of the same shapes
+        spec = check_conv(np.zeros(x.shape, np.int32), np.zeros(weight.shape, np.int8), zero, np.zeros(cout, np.int64),
+                          group_size=cin_g, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                          acc_bits=32, out_lo=0, out_hi=0)[0]
+    except (TypeError, ValueError) as exc:
+        raise EngineError(f"layer '{name}': {exc}") from None
+    shape = _shape(spec, "ternary", name)
+    base = hw.baseline.array
+    K = shape.gemm_k
+    ends = np.zeros(K, np.bool_)
+    ends[K - 1] = True
+    if SHORT[base.dataflow] != "os":
+        ends[base.rows - 1::base.rows] = True      # every row fold's bottom PE writes its sums out
+    xcol = im2col(x, kh, kw, spec.stride, spec.padding, spec.dilation, groups, spec.OH, spec.OW)
+    wcol = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(cout, K)
+    b = np.zeros(cout, np.float32) if bias is None else np.asarray(bias, np.float32)
+    acc, stats = _run_gemms(xcol, wcol, ends, np.zeros(K, np.int64), np.ones((cout, 1), np.float32), b,
+                            base.rows, base.cols, base.dataflow, os_formula, baseline_traffic(shape, hw).t_tile,
+                            -FLOAT_LIMIT, FLOAT_LIMIT, False, (QUEUE_NONE, 1), np.float32, np.float32)
+    y = acc.reshape(groups, spec.B, spec.OH, spec.OW, spec.cout_g).transpose(1, 0, 4, 2, 3)
+    stepped = int(stats[0])
+    return EngineResult(np.ascontiguousarray(y.reshape(spec.B, cout, spec.OH, spec.OW)), 0, _cycles(stats), stepped,
+                        base.rows * base.cols * stepped, shape)
+
+
+# --- a whole quantized network, one sample ------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerSimulation:
+    """One weighted layer's report timings and where they came from."""
+
+    ternary: LayerTiming
+    baseline: LayerTiming
+    source: str              # 'engine' | 'analytic (skip not stepped)'
+
+
+def _ternary_layer(layer: QuantizedLayer, x: np.ndarray, qgraph: QuantizedGraph, hw: Accelerator) -> EngineResult:
+    """The layer's integer datapath on the array, with the same arguments the integer kernels get."""
+    node = layer.node
+    common = dict(group_size=layer.group_size, acc_bits=qgraph.acc_bits, saturate=qgraph.saturate, shift=layer.shift,
+                  out_lo=layer.out_lo, out_hi=layer.out_hi, hw=hw, weight_kind=layer.weight_kind, name=node.name)
+    if node.op == "linear":
+        return linear_engine(x, layer.codes, layer.alpha_q, layer.bias_q, **common)
+    a = node.attrs
+    return conv2d_engine(x, layer.codes, layer.alpha_q, layer.bias_q, stride=tuple(a["stride"]),
+                         padding=tuple(a["padding"]), dilation=tuple(a["dilation"]), groups=a["groups"], **common)
+
+
+def _baseline_layer(node, x: np.ndarray, hw: Accelerator) -> EngineResult:
+    """The FP32 design on the layer's float weights and its (dequantized) input; checked against float64."""
+    if node.op == "linear":
+        x, weight, geometry = x[:, :, None, None], node.weight[:, :, None, None], dict(
+            stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
+    else:
+        a = node.attrs
+        weight, geometry = node.weight, dict(stride=tuple(a["stride"]), padding=tuple(a["padding"]),
+                                             dilation=tuple(a["dilation"]), groups=a["groups"])
+    r = baseline_gemm(x, weight, node.bias, hw=hw, name=node.name, **geometry)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(weight.astype(np.float64)),
+                                     None if node.bias is None else torch.from_numpy(node.bias.astype(np.float64)),
+                                     **geometry).numpy()
+    scale = float(np.abs(x).max(initial=0.0)) * float(np.abs(weight).sum(axis=(1, 2, 3)).max(initial=0.0)) + 1.0
+    if not np.allclose(r.y, ref, rtol=0, atol=1e-5 * scale):
+        raise EngineError(f"layer '{node.name}': the FP32 baseline's stepped output differs from a float64 conv")
+    return r
+
+
+def stepped_matches(qgraph: QuantizedGraph, hw: Accelerator, outputs: dict[str, np.ndarray],
+                    overflow: dict[str, int] | None = None) -> dict[str, bool]:
+    """Per weighted layer: does the array, fed the first sample's input from `outputs` (an execution's
+    integer tensors), reproduce that sample's output (and overflow count, when `overflow` is per sample)?"""
+    same = {}
+    for name, layer in qgraph.layers.items():
+        if layer.weight_kind is None or layer.is_fused_away:
+            continue
+        r = _ternary_layer(layer, outputs[layer.node.inputs[0]][:1], qgraph, hw)
+        same[name] = bool(np.array_equal(r.y, outputs[name][:1])) and (
+            overflow is None or r.overflow_events == overflow[name])
+    return same
+
+
+def simulate_network(qgraph: QuantizedGraph, hw: Accelerator, x: np.ndarray,
+                     shapes: dict[str, LayerShape]) -> dict[str, LayerSimulation]:
+    """Step every weighted layer of one input sample (x[:1]) through the ternary array and the FP32 baseline.
+
+    Each layer's integer output and overflow count must equal tersim.kernels' for that sample, the stepped
+    cycles the analytic model's for `shapes[name]`: any difference raises EngineError. zero_weights
+    `skip` is not stepped: those layers still run (dense) for the output check, timed analytically.
+    """
+    from tersim.engine.execute import execute
+    from tersim.timing.analytic import baseline_layer_timing, layer_timing, ternary_timing
+
+    sample = execute(qgraph, x[:1], keep_all=True)
+    out: dict[str, LayerSimulation] = {}
+    for name, layer in qgraph.layers.items():
+        if layer.weight_kind is None or layer.is_fused_away:
+            continue
+        node, shape = layer.node, shapes[name]
+        x_in = sample.outputs[node.inputs[0]]
+        r = _ternary_layer(layer, x_in, qgraph, hw)
+        if not np.array_equal(r.y, sample.outputs[name]) or r.overflow_events != sample.overflow_events[name]:
+            raise EngineError(f"layer '{name}': the cycle-stepped array's output differs from the integer kernel's")
+        in_frac = qgraph.layers[node.inputs[0]].out.frac
+        b = _baseline_layer(node, x_in.astype(np.float32) * np.float32(2.0 ** -in_frac), hw)
+        base = baseline_layer_timing(shape, hw, b.cycles)
+        if base.as_dict() != baseline_layer_timing(shape, hw).as_dict():
+            raise EngineError(f"layer '{name}': stepped FP32 baseline cycles differ from the analytic model's")
+        if hw.pe.zero_weights == "skip":
+            out[name] = LayerSimulation(layer_timing(shape, hw), base, "analytic (skip not stepped)")
+            continue
+        tern = ternary_timing(shape, hw, r.cycles)
+        if tern.as_dict() != ternary_timing(shape, hw).as_dict():
+            raise EngineError(f"layer '{name}': stepped cycles {r.cycles} differ from the analytic model's")
+        out[name] = LayerSimulation(tern, base, "engine")
+    return out

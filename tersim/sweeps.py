@@ -1,0 +1,447 @@
+"""Design-space sweeps: group size N x activation bits x hardware overrides, one tidy DataFrame row per point.
+
+    points = run_sweep(hw, model, [1, 4, 64], [8, 4], overrides={"array.rows": [8, 16]}).points
+
+Every point is `pipeline.run` (or, in timing-only mode, quantization + analytic timing without executing the
+network) on the hardware config with that point's overrides. Points are cached by content hash as they
+finish, so a re-run (or a run after Ctrl-C) only computes what is missing. Points run serially by default,
+on a local process pool (`jobs`), or on dask.distributed (`workers` for a LocalCluster, `dask` for a
+scheduler address or Client); the lowered Graph is shipped to the workers once.
+
+(The module is `sweeps`, not `sweep`: `tersim.sweep` is the function, exported lazily by tersim/__init__.py.)
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import signal
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from tersim import __version__
+from tersim.config import Accelerator, load_accelerator
+from tersim.errors import ConfigError, TersimError
+from tersim.report.optional import require
+from tersim.report.tables import atomic_file
+from tersim.frontend import Graph
+
+KEY_COLUMNS = ("model", "hw", "group_size", "act_bits")
+POINT_FIELDS = {"group_scaling.group_size": "--group-sizes", "pe.act_bits": "--act-bits"}
+Combo = tuple[tuple[str, object], ...]  # the --set values of one point, as (field path, value) pairs
+
+
+# --- the plan: which points, on which hardware ---------------------------------------------------------
+def parse_set(items: Sequence[str]) -> dict[str, list]:
+    """`["array.rows=8,16", "pe.zero_weights=gate,skip"]` -> {"array.rows": [8, 16], ...} (YAML scalars)."""
+    overrides: dict[str, list] = {}
+    for item in items:
+        path, sep, values = item.partition("=")
+        if not sep or not path.strip() or not values.strip():
+            raise ConfigError(f"--set '{item}': expected FIELD.PATH=VALUE[,VALUE...], e.g. array.rows=8,16")
+        try:
+            overrides[path.strip()] = [yaml.safe_load(v) for v in values.split(",")]
+        except yaml.YAMLError:
+            raise ConfigError(f"--set '{item}': field '{path.strip()}': values are not YAML scalars") from None
+    return overrides
+
+
+def hardware_points(hw: Accelerator, overrides: Mapping[str, Sequence]) -> list[tuple[Combo, Accelerator]]:
+    """Every combination of override values, each validated now: a bad field fails before any work."""
+    for path in overrides:
+        if path in POINT_FIELDS:
+            raise ConfigError(f"--set '{path}': sweep it with {POINT_FIELDS[path]} instead")
+    paths = list(overrides)
+    combos = [tuple(zip(paths, values)) for values in itertools.product(*(overrides[p] for p in paths))]
+    return [(combo, hw.with_overrides(dict(combo))) for combo in combos]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every point shares besides the model, data and hardware."""
+
+    method: str | None = None
+    first_last: str | None = None
+    limit: int | None = None
+    timing_only: bool = False
+
+
+@dataclass(frozen=True)
+class Point:
+    group_size: int
+    act_bits: int
+    combo: Combo
+    hw: Accelerator
+    key: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """A unit of work for one worker: points sharing N and overrides (timing-only ternarizes them once)."""
+
+    points: tuple[Point, ...]
+
+
+# --- content hashes ---------------------------------------------------------------------------------------
+def _update_array(h: "hashlib._Hash", arr: np.ndarray | None) -> None:
+    if arr is None:
+        h.update(b"none")
+        return
+    arr = np.ascontiguousarray(arr)
+    h.update(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(memoryview(arr).cast("B"))
+
+
+def graph_digest(graph: Graph) -> str:
+    """Hash of the lowered model's content (structure, attributes, weights), not of the file it came from."""
+    h = hashlib.sha256(f"{graph.name}|{graph.output}".encode())
+    for node in graph.nodes:
+        h.update(repr((node.name, node.op, node.inputs, sorted(node.attrs.items()), node.shape)).encode())
+        _update_array(h, node.weight)
+        _update_array(h, node.bias)
+    return h.hexdigest()
+
+
+def data_digest(data: tuple[np.ndarray, np.ndarray | None] | None) -> str | None:
+    if data is None:
+        return None
+    h = hashlib.sha256()
+    for arr in data:
+        _update_array(h, arr)
+    return h.hexdigest()
+
+
+def point_key(graph_hash: str, data_hash: str | None, hw: Accelerator, group_size: int, act_bits: int,
+              settings: Settings) -> str:
+    """Cache key: everything a point's result depends on, including the tersim version."""
+    payload = {"graph": graph_hash, "data": None if settings.timing_only else data_hash,
+               "hw": hw.model_dump(mode="json"), "group_size": group_size, "act_bits": act_bits,
+               "settings": vars(settings), "timing": "analytic", "version": __version__}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+# --- the cache: one JSON file per point, written atomically ---------------------------------------------
+@dataclass
+class PointResult:
+    """One finished point: the model summary row and its per-layer rows."""
+
+    summary: dict
+    layers: pd.DataFrame
+
+
+class PointCache:
+    """Finished points by key in `directory` (JSON, no pickle: a cache file cannot run code)."""
+
+    def __init__(self, directory: str | Path | None):
+        self.directory = Path(directory) if directory is not None else None
+
+    def _path(self, key: str) -> Path:
+        return self.directory / f"{key}.json"
+
+    def get(self, key: str) -> PointResult | None:
+        if self.directory is None or not self._path(key).is_file():
+            return None
+        try:
+            blob = json.loads(self._path(key).read_text())
+            return PointResult(blob["summary"], pd.DataFrame(blob["layers"]["data"], columns=blob["layers"]["columns"]))
+        except (ValueError, KeyError, TypeError):
+            return None  # a damaged entry is recomputed
+
+    def put(self, key: str, result: PointResult) -> None:
+        if self.directory is None:
+            return
+        blob = {"summary": result.summary, "layers": result.layers.to_dict("split", index=False)}
+        with atomic_file(self._path(key)) as tmp:
+            Path(tmp).write_text(json.dumps(blob, default=_native))
+
+
+def _native(value: object) -> object:
+    """numpy scalars -> Python scalars for JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot cache a {type(value).__name__}")
+
+
+# --- evaluating points (runs on workers) -----------------------------------------------------------------
+def evaluate_task(graph: Graph, data: tuple[np.ndarray, np.ndarray | None] | None, task: Task,
+                  settings: Settings) -> list[tuple[str, PointResult]]:
+    """Compute the points of `task` (they share N and the hardware overrides)."""
+    if settings.timing_only:
+        results = _timing_only(graph, task.points, settings)
+    else:
+        from tersim.pipeline import run
+
+        results = [run(p.hw, graph, data=data, group_size=p.group_size, act_bits=p.act_bits, method=settings.method,
+                       first_last=settings.first_last, limit=settings.limit, timing="analytic")
+                   for p in task.points]
+    return [(p.key, PointResult(_plain(r.summary.iloc[0].to_dict()), r.layers))
+            for p, r in zip(task.points, results)]
+
+
+def _timing_only(graph: Graph, points: Sequence[Point], settings: Settings) -> list:
+    """Quantization stats and analytic timing without executing the network: weights are ternarized once
+    for all act_bits; activation formats come from one synthetic sample (timing does not depend on them)."""
+    from tersim.data import synthetic_inputs
+    from tersim.pipeline import tabulate
+    from tersim.quantize.graph import quantize_graph, quantize_weights
+
+    first = points[0]
+    weights = quantize_weights(graph, first.hw, first.group_size, settings.method, settings.first_last)
+    calibration = [synthetic_inputs(graph.input_shape, 1)]
+    results = []
+    for p in points:
+        qgraph = quantize_graph(graph, calibration, p.hw, p.group_size, p.act_bits, settings.method,
+                                settings.first_last, weights=weights)
+        results.append(tabulate(graph, qgraph, p.hw, samples=0, labelled=False))
+    return results
+
+
+def _plain(row: dict) -> dict:
+    return {k: _native(v) if isinstance(v, np.generic) else v for k, v in row.items()}
+
+
+# --- executors: each yields finished task results as they come ----------------------------------------------
+Results = Iterator[list[tuple[str, PointResult]]]
+
+
+def _serial(tasks: list[Task], graph: Graph, data, settings: Settings) -> Results:
+    for task in tasks:
+        yield evaluate_task(graph, data, task, settings)
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(graph: Graph, data) -> None:
+    """Process-pool initializer: the graph and data arrive once per process; Ctrl-C is the parent's job."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER.update(graph=graph, data=data)
+
+
+def _pool_task(task: Task, settings: Settings) -> list[tuple[str, PointResult]]:
+    return evaluate_task(_WORKER["graph"], _WORKER["data"], task, settings)
+
+
+def _processes(tasks: list[Task], graph: Graph, data, settings: Settings, jobs: int) -> Results:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn, not fork: a forked child inherits torch's/numba's thread pools mid-state and can deadlock
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(graph, data))
+    try:
+        for future in as_completed([pool.submit(_pool_task, t, settings) for t in tasks]):
+            yield future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _dask(tasks: list[Task], graph: Graph, data, settings: Settings, dask: object, workers: int | None) -> Results:
+    """On a dask.distributed cluster: `dask` is a Client or a scheduler address; else a LocalCluster of `workers`."""
+    distributed = require("distributed", extra="dask")
+    Client, LocalCluster, as_completed = distributed.Client, distributed.LocalCluster, distributed.as_completed
+    owned = []
+    if isinstance(dask, Client):
+        client = dask
+    else:
+        if dask is None:
+            owned.append(LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None))
+        try:
+            client = Client(dask if dask is not None else owned[0], timeout="20s")
+        except OSError as exc:
+            raise TersimError(f"--dask {dask}: cannot reach the scheduler: {exc}") from None
+        owned.insert(0, client)
+    futures = []
+    try:
+        graph_f = client.scatter(graph, broadcast=True)
+        data_f = client.scatter(data, broadcast=True) if data is not None else None
+        futures = [client.submit(evaluate_task, graph_f, data_f, t, settings, pure=False) for t in tasks]
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        if futures:
+            client.cancel(futures)
+        for obj in owned:
+            obj.close()
+
+
+# --- the driver --------------------------------------------------------------------------------------------
+@dataclass
+class SweepResult:
+    """`points`: one row per point; `layers`: per-layer rows of every point with the point's key columns."""
+
+    points: pd.DataFrame
+    layers: pd.DataFrame
+    interrupted: bool = False
+    computed: int = 0
+    cached: int = 0
+    key_columns: list[str] = field(default_factory=list)
+
+
+def _load_model(model: Graph | str | Path, input_shape, trust_pickle: bool) -> Graph:
+    from tersim.frontend import import_model
+
+    return model if isinstance(model, Graph) else import_model(model, input_shape=input_shape, trust_pickle=trust_pickle)
+
+
+def _load_data(data, graph: Graph) -> tuple[np.ndarray, np.ndarray | None] | None:
+    from tersim.data import check_input_shape, load_dataset
+
+    if data is None:
+        return None
+    x, y = data if isinstance(data, tuple) else load_dataset(data)
+    check_input_shape(x, graph.input_shape, "data" if isinstance(data, tuple) else str(data))
+    return x, y
+
+
+def is_zoo_name(model: object) -> bool:
+    """A zoo name given instead of a file: random weights, so accuracy means nothing."""
+    from tersim.models.zoo import ZOO
+
+    return isinstance(model, (str, Path)) and str(model) in ZOO and not Path(model).is_file()
+
+
+def run_sweep(
+    hw: Accelerator | str | Path,
+    model: Graph | str | Path,
+    group_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+    act_bits: Sequence[int] = (8, 4),
+    *,
+    overrides: Mapping[str, Sequence] | None = None,
+    data: str | Path | tuple[np.ndarray, np.ndarray | None] | None = None,
+    limit: int | None = None,
+    method: str | None = None,
+    first_last: str | None = None,
+    timing_only: bool | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool | None = None,
+    jobs: int | None = None,
+    workers: int | None = None,
+    dask: object = None,
+    input_shape: tuple[int, ...] | None = None,
+    trust_pickle: bool = False,
+) -> SweepResult:
+    """Evaluate every (overrides, N, act_bits) point; Ctrl-C returns the finished points with interrupted=True.
+
+    overrides: field path -> values, e.g. {"array.rows": [8, 16, 32]}; every combination is a hardware point.
+    timing_only: skip execution and accuracy (quantization stats + analytic timing); None = only for a zoo
+      name without data (random weights). cache_dir: None = no cache. progress: None = when stderr is a tty.
+    jobs: local worker processes; workers: a dask LocalCluster of that many; dask: a Client or scheduler address.
+    """
+    hw = hw if isinstance(hw, Accelerator) else load_accelerator(hw)
+    hw_points = hardware_points(hw, overrides or {})
+    if timing_only is None:
+        timing_only = data is None and is_zoo_name(model)
+    graph = _load_model(model, input_shape, trust_pickle)
+    dataset = None if timing_only else _load_data(data, graph)
+    settings = Settings(method=method, first_last=first_last, limit=None if timing_only else limit,
+                        timing_only=timing_only)
+
+    graph_hash, data_hash = graph_digest(graph), data_digest(dataset)
+    tasks: list[Task] = []
+    for combo, hw_combo in hw_points:
+        for n in group_sizes:
+            points = []
+            for bits in act_bits:
+                hw_point = hw_combo.with_overrides({"group_scaling.group_size": n, "pe.act_bits": bits})
+                key = point_key(graph_hash, data_hash, hw_point, n, bits, settings)
+                points.append(Point(n, bits, combo, hw_point, key))
+            tasks += [Task(tuple(points))] if timing_only else [Task((p,)) for p in points]
+    return _collect(tasks, graph, dataset, settings, PointCache(cache_dir), progress, jobs, workers, dask,
+                    [path for path in (overrides or {})])
+
+
+def _collect(tasks: list[Task], graph: Graph, data, settings: Settings, cache: PointCache, progress: bool | None,
+             jobs: int | None, workers: int | None, dask: object, paths: list[str]) -> SweepResult:
+    """Serve cached points, compute the rest with the chosen executor, cache each as it finishes."""
+    from tqdm import tqdm
+
+    all_points = [p for t in tasks for p in t.points]
+    done = {p.key: r for p in all_points if (r := cache.get(p.key)) is not None}
+    cached = len(done)
+    todo = [Task(rest) for t in tasks if (rest := tuple(p for p in t.points if p.key not in done))]
+    if progress is None:
+        progress = sys.stderr.isatty()
+    bar = tqdm(total=len(all_points), initial=cached, desc="sweep", unit="point", disable=not progress)
+    if not todo:
+        results: Results = iter(())
+    elif dask is not None or workers:
+        results = _dask(todo, graph, data, settings, dask, workers)
+    elif jobs and jobs > 1:
+        results = _processes(todo, graph, data, settings, jobs)
+    else:
+        results = _serial(todo, graph, data, settings)
+    interrupted = False
+    try:
+        for finished in results:
+            for key, result in finished:
+                cache.put(key, result)
+                done[key] = result
+                bar.update()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        if hasattr(results, "close"):
+            results.close()
+    finished_points = [p for p in all_points if p.key in done]
+    return SweepResult(*_frames(finished_points, done, paths), interrupted=interrupted,
+                       computed=len(done) - cached, cached=cached,
+                       key_columns=["model", "hw", *paths, "group_size", "act_bits"])
+
+
+def _frames(points: list[Point], done: dict[str, PointResult], paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tidy points and layers DataFrames in sweep order, key columns first."""
+    rows, layer_frames = [], []
+    for p in points:
+        result = done[p.key]
+        keys = {"model": result.summary["model"], "hw": result.summary["hw"], **dict(p.combo),
+                "group_size": p.group_size, "act_bits": p.act_bits}
+        rows.append({**keys, **{k: v for k, v in result.summary.items() if k not in keys}})
+        layers = result.layers.rename(columns={"group_size": "effective_group_size"})
+        layer_frames.append(pd.concat([pd.DataFrame([keys] * len(layers)), layers], axis=1))
+    points_frame = pd.DataFrame(rows)
+    layers_frame = pd.concat(layer_frames, ignore_index=True) if layer_frames else pd.DataFrame()
+    return points_frame, layers_frame
+
+
+def sweep(hw: Accelerator | str | Path, model: Graph | str | Path, group_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+          act_bits: Sequence[int] = (8, 4), **options) -> pd.DataFrame:
+    """One DataFrame row per point (options as for `run_sweep`); Ctrl-C raises KeyboardInterrupt, the finished
+    points stay in the cache."""
+    result = run_sweep(hw, model, group_sizes, act_bits, **options)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return result.points
+
+
+# --- writing ------------------------------------------------------------------------------------------------
+def report_stem(points: pd.DataFrame) -> str:
+    """`<model>_<hw>_sweep`, safe as a file name."""
+    name = f"{points.model.iloc[0]}_{points.hw.iloc[0]}_sweep"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def write_reports(result: SweepResult, out: str | Path) -> list[Path]:
+    """CSV always; Parquet and the HTML report when the `report` extra is installed (else a note on stderr)."""
+    from tersim.report.optional import MissingExtraError
+    from tersim.report.tables import write_atomic
+
+    out, stem = Path(out), report_stem(result.points)
+    frames = {f"{stem}": result.points, f"{stem}_layers": result.layers}
+    written = [write_atomic(frame, out / f"{name}.csv") for name, frame in frames.items()]
+    try:
+        require("pyarrow")
+        written += [write_atomic(frame, out / f"{name}.parquet") for name, frame in frames.items()]
+        from tersim.report.html import write_html_report
+
+        written.append(write_html_report(out / f"{stem}.html", result.points, result.layers, title=stem))
+    except MissingExtraError as exc:
+        print(f"tersim: note: no Parquet/HTML report: {exc}", file=sys.stderr)
+    return written

@@ -1,0 +1,183 @@
+"""Cycle-stepped engine: outputs bit-identical to the integer kernels, cycles identical to the analytic model."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tersim.config import Accelerator
+from tersim.engine.cycle_engine import baseline_gemm, conv2d_engine, im2col, linear_engine
+from tersim.errors import EngineError
+from tersim.kernels import conv2d_int, linear_int
+from tersim.timing.analytic import baseline_layer_timing, layer_timing, ternary_timing
+
+DATAFLOWS = ["weight_stationary", "input_stationary", "output_stationary"]
+ACTS = {"int8": (-128, 127), "uint8": (0, 255), "uint4": (0, 15)}
+
+
+def make_hw(rows=4, cols=3, dataflow="weight_stationary", placement="per_column", per_col=1, acc_bits=32,
+            overflow="saturate", out_kib=64.0) -> Accelerator:
+    multipliers = {"per_column": cols * per_col, "shared": per_col, "per_pe": rows * cols}[placement]
+    array = {"rows": rows, "cols": cols, "dataflow": dataflow}
+    return Accelerator.model_validate({
+        "array": array, "group_scaling": {"multipliers": multipliers, "placement": placement},
+        "accumulator": {"bits": acc_bits, "overflow": overflow},
+        "memory": {"output_buffer_kib": out_kib},
+        "baseline": {"array": array, "memory": {"output_buffer_kib": out_kib}},
+    })
+
+
+def random_layer(rng, cin, cout, h, w, k, groups, n, act, weights):
+    lo, hi = ACTS[act]
+    cin_g = cin // groups
+    x = rng.integers(lo, hi + 1, (1, cin, h, w)).astype(np.int32)
+    x.flat[0] = lo                                          # int8 -128 always present when signed
+    codes = (rng.integers(-1, 2, (cout, cin_g, k, k)) if weights == "ternary"
+             else rng.integers(-127, 128, (cout, cin_g, k, k))).astype(np.int8)
+    g = -(-cin_g // n)
+    alpha = rng.integers(0, 256, (cout, k, k, g)).astype(np.int32)
+    if weights == "int8":                                   # one scale per output channel, at every (ky, kx)
+        alpha[:] = alpha[:, :1, :1, :1]
+    bias = rng.integers(-3000, 3000, cout).astype(np.int64)
+    return x, codes, alpha, bias
+
+
+def check_engine(x, codes, alpha, bias, hw, *, n, stride=1, padding=0, dilation=1, groups=1, shift=4,
+                 weights="ternary", saturate=True):
+    kw = dict(group_size=n, stride=(stride, stride), padding=(padding, padding), dilation=(dilation, dilation),
+              groups=groups, acc_bits=hw.accumulator.bits, saturate=saturate, shift=shift, out_lo=-128, out_hi=127)
+    y, events = conv2d_int(x, codes, alpha, bias, **kw)
+    r = conv2d_engine(x, codes, alpha, bias, hw=hw, weight_kind=weights, **kw)
+    assert r.y.dtype == y.dtype and r.y.shape == y.shape
+    np.testing.assert_array_equal(r.y, y)
+    assert r.overflow_events == events
+    analytic = ternary_timing(r.shape, hw)
+    assert ternary_timing(r.shape, hw, r.cycles).as_dict() == analytic.as_dict()
+    assert r.cycles.compute == analytic.compute_cycles and r.cycles.group_stall == analytic.stall_group_scale_cycles
+    assert r.cycles.tile_reload == analytic.tile_reload_cycles and r.cycles.group_mults == analytic.group_multiplies
+    return r, events
+
+
+conv_cases = st.fixed_dictionaries({
+    "cin": st.integers(1, 7), "cout": st.integers(1, 5), "h": st.integers(1, 6), "w": st.integers(1, 6),
+    "k": st.integers(1, 3), "stride": st.integers(1, 2), "padding": st.integers(0, 1), "dilation": st.integers(1, 2),
+    "depthwise": st.booleans(), "n": st.integers(1, 5), "act": st.sampled_from(sorted(ACTS)),
+    "weights": st.sampled_from(["ternary", "ternary", "int8"]), "seed": st.integers(0, 2**16),
+})
+designs = st.fixed_dictionaries({
+    "rows": st.integers(1, 5), "cols": st.integers(1, 5), "dataflow": st.sampled_from(DATAFLOWS),
+    "placement": st.sampled_from(["per_column", "shared", "per_pe"]), "per_col": st.integers(1, 3),
+    "acc_bits": st.sampled_from([10, 14, 32]), "overflow": st.sampled_from(["saturate", "wrap"]),
+    "out_kib": st.sampled_from([0.02, 0.1, 64.0]),
+})
+
+
+@settings(max_examples=120, deadline=None)
+@given(conv_cases, designs)
+def test_engine_equals_integer_kernel_and_analytic_model(case, design):
+    rng = np.random.default_rng(case["seed"])
+    cin, cout, groups = case["cin"], case["cout"], 1
+    if case["depthwise"]:
+        cout, groups = cin, cin
+    h, w = case["h"] + (case["k"] - 1) * case["dilation"], case["w"] + (case["k"] - 1) * case["dilation"]
+    n = cin // groups if case["weights"] == "int8" else case["n"]
+    x, codes, alpha, bias = random_layer(rng, cin, cout, h, w, case["k"], groups, n, case["act"], case["weights"])
+    hw = make_hw(**design)
+    check_engine(x, codes, alpha, bias, hw, n=n, stride=case["stride"], padding=case["padding"],
+                 dilation=case["dilation"], groups=groups, weights=case["weights"],
+                 saturate=design["overflow"] == "saturate")
+
+
+@pytest.mark.parametrize("overflow", ["saturate", "wrap"])
+@pytest.mark.parametrize("dataflow", DATAFLOWS)
+def test_narrow_accumulator_overflows_identically(dataflow, overflow):
+    rng = np.random.default_rng(1)
+    x, codes, alpha, bias = random_layer(rng, 6, 4, 5, 5, 3, 1, 4, "int8", "ternary")   # N=4 does not divide C=6
+    hw = make_hw(rows=4, cols=2, dataflow=dataflow, acc_bits=12, overflow=overflow)
+    _, events = check_engine(x, codes, alpha, bias, hw, n=4, padding=1, saturate=overflow == "saturate")
+    assert events > 0
+
+
+@pytest.mark.parametrize("dataflow", DATAFLOWS)
+def test_group_cut_by_fold_boundary_is_carried_not_split(dataflow):
+    # K = 10 channels of a 1x1 conv, N = 3 (groups 0-2, 3-5, 6-8, 9) on 4 rows: folds cut groups 3-5 and 6-8.
+    rng = np.random.default_rng(2)
+    x, codes, alpha, bias = random_layer(rng, 10, 3, 3, 3, 1, 1, 3, "uint8", "ternary")
+    hw = make_hw(rows=4, cols=2, dataflow=dataflow, acc_bits=11)
+    r, _ = check_engine(x, codes, alpha, bias, hw, n=3)
+    assert r.cycles.group_mults == 4 * 3 * 9          # one multiply per group, never per piece
+
+
+def test_os_paper_formula_adds_a_drain_of_rows_per_fold():
+    rng = np.random.default_rng(3)
+    x, codes, alpha, bias = random_layer(rng, 4, 3, 4, 4, 3, 1, 2, "uint8", "ternary")
+    hw = make_hw(rows=3, cols=2, dataflow="output_stationary")
+    kw = dict(group_size=2, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, acc_bits=32, saturate=True,
+              shift=4, out_lo=-128, out_hi=127)
+    scalesim = conv2d_engine(x, codes, alpha, bias, hw=hw, **kw)
+    paper = conv2d_engine(x, codes, alpha, bias, hw=hw, os_formula="paper", **kw)
+    np.testing.assert_array_equal(paper.y, scalesim.y)
+    folds = 6 * 2                                     # P = 16 on 3 rows, N = 3 on 2 columns
+    assert paper.cycles.compute - scalesim.cycles.compute == folds * 3
+    assert paper.cycles.compute == layer_timing(paper.shape, hw, os_formula="paper").compute_cycles
+
+
+@pytest.mark.parametrize("dataflow", DATAFLOWS)
+def test_linear_layer(dataflow):
+    rng = np.random.default_rng(4)
+    x = rng.integers(-128, 128, (1, 13)).astype(np.int32)
+    codes = rng.integers(-1, 2, (5, 13)).astype(np.int8)
+    alpha = rng.integers(1, 256, (5, 4)).astype(np.int32)
+    bias = rng.integers(-500, 500, 5).astype(np.int64)
+    kw = dict(group_size=4, acc_bits=16, saturate=False, shift=3, out_lo=-128, out_hi=127)
+    y, events = linear_int(x, codes, alpha, bias, **kw)
+    hw = make_hw(rows=4, cols=2, dataflow=dataflow, placement="shared")
+    r = linear_engine(x, codes, alpha, bias, hw=hw, **kw)
+    np.testing.assert_array_equal(r.y, y)
+    assert r.overflow_events == events
+    assert ternary_timing(r.shape, hw, r.cycles).as_dict() == ternary_timing(r.shape, hw).as_dict()
+
+
+def test_few_multipliers_stall_and_per_pe_does_not():
+    rng = np.random.default_rng(5)
+    x, codes, alpha, bias = random_layer(rng, 8, 4, 6, 6, 1, 1, 1, "uint8", "ternary")
+    r, _ = check_engine(x, codes, alpha, bias, make_hw(rows=4, cols=2, per_col=1), n=1)
+    assert r.cycles.group_stall > 0                   # 4 groups end per cycle per column, 1 multiplier each
+    r, _ = check_engine(x, codes, alpha, bias, make_hw(rows=4, cols=2, placement="per_pe"), n=1)
+    assert r.cycles.group_stall == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(conv_cases, designs)
+def test_fp32_baseline_on_the_same_stepping(case, design):
+    rng = np.random.default_rng(case["seed"])
+    cin, cout, groups = case["cin"], case["cout"], 1
+    if case["depthwise"]:
+        cout, groups = cin, cin
+    h, w = case["h"] + 2, case["w"] + 2
+    x = rng.standard_normal((1, cin, h, w)).astype(np.float32)
+    weight = rng.standard_normal((cout, cin // groups, case["k"], case["k"])).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    hw = make_hw(**design)
+    geometry = dict(stride=(case["stride"],) * 2, padding=(case["padding"],) * 2, dilation=(1, 1), groups=groups)
+    r = baseline_gemm(x, weight, bias, hw=hw, **geometry)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(weight).double(),
+                                     torch.from_numpy(bias).double(), **geometry).numpy()
+    np.testing.assert_allclose(r.y, ref, rtol=1e-4, atol=1e-4)
+    analytic = baseline_layer_timing(r.shape, hw)
+    assert baseline_layer_timing(r.shape, hw, r.cycles).as_dict() == analytic.as_dict()
+
+
+def test_im2col_order_is_kernel_position_then_channel():
+    x = np.arange(2 * 3 * 3, dtype=np.int32).reshape(1, 2, 3, 3)
+    cols = im2col(x, 2, 2, (1, 1), (0, 0), (1, 1), 1, 2, 2)
+    assert cols.shape == (1, 4, 8)
+    assert list(cols[0, 0]) == [0, 9, 1, 10, 3, 12, 4, 13]   # (ky, kx) outer, channel inner
+
+
+def test_bad_input_is_one_clear_error():
+    hw = make_hw()
+    with pytest.raises(EngineError, match="layer 'l1': alpha_q must have shape"):
+        conv2d_engine(np.zeros((1, 2, 3, 3), np.int32), np.zeros((1, 2, 1, 1), np.int8), np.zeros((1, 1, 1, 2), np.int32),
+                      np.zeros(1, np.int64), group_size=2, stride=1, padding=0, dilation=1, groups=1, acc_bits=32,
+                      saturate=True, shift=0, out_lo=0, out_hi=255, hw=hw, name="l1")

@@ -1,0 +1,222 @@
+"""Design-space sweeps: the tidy DataFrames, --set overrides, the point cache, Ctrl-C, Parquet, dask, the CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import tersim.sweeps as sweeps
+from tersim.cli import main
+from tersim.config import load_accelerator
+from tersim.data import load_dataset
+from tersim.errors import ConfigError
+from tersim.frontend import import_model
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL, DATA, HW = ROOT / "examples/digits_resnet.pt2", ROOT / "examples/digits_test.npz", ROOT / "hw_configs/default.yaml"
+LIMIT = 50
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return import_model(MODEL)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(DATA)
+
+
+@pytest.fixture(scope="module")
+def small(graph, data, tmp_path_factory):
+    """N in {1, 4} x act_bits {8, 4} x array.rows {8, 16}, cached in a fresh directory."""
+    cache = tmp_path_factory.mktemp("cache")
+    result = sweeps.run_sweep(HW, graph, [1, 4], [8, 4], overrides={"array.rows": [8, 16]}, data=data,
+                              limit=LIMIT, cache_dir=cache)
+    return result, cache
+
+
+def test_one_row_per_point_with_key_and_result_columns(small, graph):
+    result, _ = small
+    points, layers = result.points, result.layers
+    assert len(points) == 8 and not result.interrupted and result.computed == 8
+    assert list(points.columns[:5]) == ["model", "hw", "array.rows", "group_size", "act_bits"]
+    assert set(points["array.rows"]) == {8, 16} and set(points.group_size) == {1, 4} and set(points.act_bits) == {8, 4}
+    for column in ("accuracy_fp32", "accuracy_quant", "top1_agreement", "weight_rel_error", "weight_sparsity",
+                   "mults_eliminated", "ternary_cycles", "ternary_latency_s", "ternary_energy_pj",
+                   "speedup_equal_pe", "speedup_equal_area", "paper_projection"):
+        assert points[column].notna().all(), column
+    assert (points.samples == LIMIT).all() and (points.model == "digits_resnet").all()
+    n_layers = len(graph.weighted())
+    assert len(layers) == 8 * n_layers
+    assert list(layers.columns[:5]) == list(points.columns[:5])
+    assert {"layer", "effective_group_size", "compute_cycles", "baseline_energy_pj_total"} <= set(layers.columns)
+    assert (layers.groupby(result.key_columns).size() == n_layers).all()
+
+
+def test_overrides_change_the_hardware(small):
+    points = small[0].points
+    cycles = points.set_index(["array.rows", "group_size", "act_bits"]).ternary_cycles
+    assert (cycles.loc[8] > cycles.loc[16]).all()  # half the rows: more folds
+    acc = points.set_index(["array.rows", "group_size", "act_bits"]).accuracy_quant
+    assert np.array_equal(acc.loc[8].to_numpy(), acc.loc[16].to_numpy())  # the numerics do not depend on the array
+
+
+def test_second_run_comes_from_the_cache(small, graph, data, monkeypatch):
+    result, cache = small
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a cached point was recomputed")
+
+    monkeypatch.setattr(sweeps, "evaluate_task", must_not_run)
+    again = sweeps.run_sweep(HW, graph, [1, 4], [8, 4], overrides={"array.rows": [8, 16]}, data=data,
+                             limit=LIMIT, cache_dir=cache)
+    assert again.cached == 8 and again.computed == 0
+    pd.testing.assert_frame_equal(again.points, result.points)
+    pd.testing.assert_frame_equal(again.layers, result.layers)
+
+
+def test_cache_key_follows_the_content(graph, data):
+    hw = load_accelerator(HW)
+    settings = sweeps.Settings(limit=LIMIT)
+    g, d = sweeps.graph_digest(graph), sweeps.data_digest(data)
+    key = sweeps.point_key(g, d, hw, 4, 8, settings)
+    assert key == sweeps.point_key(sweeps.graph_digest(import_model(MODEL)), d, hw, 4, 8, settings)
+    assert key != sweeps.point_key(g, d, hw.with_overrides({"array.rows": 8}), 4, 8, settings)
+    assert key != sweeps.point_key(g, sweeps.data_digest((data[0][:-1], data[1][:-1])), hw, 4, 8, settings)
+    assert key != sweeps.point_key(g, d, hw, 4, 8, sweeps.Settings(limit=LIMIT + 1))
+    assert key != sweeps.point_key(g, d, hw, 8, 8, settings)
+
+
+def _ctrl_c_on_call(monkeypatch, n: int) -> list:
+    """Make the n-th evaluate_task call raise KeyboardInterrupt (as Ctrl-C would); returns the call log."""
+    real, calls = sweeps.evaluate_task, []
+
+    def evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweeps, "evaluate_task", evaluate)
+    return calls
+
+
+def test_ctrl_c_keeps_finished_points(graph, data, tmp_path, monkeypatch):
+    calls = _ctrl_c_on_call(monkeypatch, 3)
+    result = sweeps.run_sweep(HW, graph, [1, 4], [8, 4], data=data, limit=LIMIT, cache_dir=tmp_path / "c")
+    assert result.interrupted and len(result.points) == 2 and result.computed == 2
+    assert len(list((tmp_path / "c").glob("*.json"))) == 2
+    with pytest.raises(KeyboardInterrupt):  # the API re-raises; the finished points stay cached
+        calls.clear()
+        sweeps.sweep(HW, graph, [1, 4, 8], [8, 4], data=data, limit=LIMIT, cache_dir=tmp_path / "c")
+
+
+def test_cli_ctrl_c_writes_the_partial_frame_and_exits_130(tmp_path, monkeypatch, capsys):
+    _ctrl_c_on_call(monkeypatch, 2)
+    out = tmp_path / "r"
+    code = main(["sweep", str(HW), str(MODEL), "--data", str(DATA), "--limit", "20", "--group-sizes", "1", "4",
+                 "--act-bits", "8", "--out", str(out)])
+    assert code == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert len(pd.read_csv(out / "digits_resnet_ternary-16x16_sweep.csv")) == 1
+
+
+def test_reports_round_trip_through_parquet(small, tmp_path):
+    result = small[0]
+    paths = sweeps.write_reports(result, tmp_path)
+    stem = "digits_resnet_ternary-16x16_sweep"
+    assert {p.name for p in paths} == {f"{stem}{s}" for s in (".csv", "_layers.csv", ".parquet", "_layers.parquet",
+                                                                ".html")}
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"{stem}.parquet"), result.points, check_dtype=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"{stem}_layers.parquet"), result.layers,
+                                  check_dtype=False)
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.mark.parametrize("item, named", [
+    ("array.rowz=8", "array.rowz"), ("arrays.rows=8", "arrays"), ("array.rows=-1", "array.rows"),
+    ("pe.zero_weights=maybe", "pe.zero_weights"), ("pe.act_bits=4", "--act-bits"), ("array.rows", "array.rows"),
+])
+def test_bad_set_is_one_line_naming_the_field_and_writes_nothing(item, named, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["sweep", str(HW), str(MODEL), "--set", item, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and named in err, err
+    assert not out.exists()
+
+
+def test_set_values_are_yaml_scalars():
+    assert sweeps.parse_set(["array.rows=8,16", "pe.zero_weights=gate,skip", "memory.double_buffering=true"]) == {
+        "array.rows": [8, 16], "pe.zero_weights": ["gate", "skip"], "memory.double_buffering": [True]}
+    with pytest.raises(ConfigError):
+        sweeps.parse_set(["array.rows="])
+
+
+def test_timing_only_has_the_same_cycles_without_executing(small, graph, monkeypatch):
+    import tersim.pipeline
+
+    monkeypatch.setattr(tersim.pipeline, "execute", None)  # executing would fail
+    timed = sweeps.run_sweep(HW, graph, [1, 4], [8, 4], overrides={"array.rows": [8, 16]}, timing_only=True)
+    full = small[0].points
+    assert "accuracy_quant" not in timed.points and (timed.points.samples == 0).all()
+    for column in ("ternary_cycles", "ternary_energy_pj", "weight_sparsity", "mults_eliminated", "speedup_equal_pe"):
+        np.testing.assert_allclose(timed.points[column], full[column], rtol=1e-12, err_msg=column)
+
+
+def test_process_pool_gives_the_same_frame(small, graph, data):
+    pooled = sweeps.run_sweep(HW, graph, [4], [8, 4], overrides={"array.rows": [16]}, data=data, limit=LIMIT, jobs=2)
+    expected = small[0].points.query("group_size == 4 and `array.rows` == 16").reset_index(drop=True)
+    pd.testing.assert_frame_equal(pooled.points, expected)
+
+
+def test_dask_local_cluster_gives_the_same_frame(small, graph, data):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        on_dask = sweeps.run_sweep(HW, graph, [1, 4], [8, 4], overrides={"array.rows": [8, 16]}, data=data,
+                                   limit=LIMIT, dask=client)
+    pd.testing.assert_frame_equal(on_dask.points, small[0].points)
+    pd.testing.assert_frame_equal(on_dask.layers, small[0].layers)
+
+
+def test_cli_sweep_writes_every_report_and_reuses_the_cache(tmp_path, capsys):
+    args = ["sweep", str(HW), str(MODEL), "--data", str(DATA), "--limit", "20", "--group-sizes", "2", "64",
+            "--act-bits", "4", "--set", "pe.zero_weights=gate,skip", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert "4 computed, 0 from the cache" in capsys.readouterr().out
+    points = pd.read_csv(tmp_path / "digits_resnet_ternary-16x16_sweep.csv")
+    assert list(points["pe.zero_weights"]) == ["gate", "gate", "skip", "skip"]
+    assert main(args) == 0
+    assert "0 computed, 4 from the cache" in capsys.readouterr().out
+    html = (tmp_path / "digits_resnet_ternary-16x16_sweep.html").read_text()
+    assert "<svg" in html and "<script" not in html
+    assert main(args + ["--no-cache", "--out", str(tmp_path / "again")]) == 0
+    assert "4 computed" in capsys.readouterr().out and not (tmp_path / "again" / ".cache").exists()
+
+
+def test_cache_files_are_json(small):
+    blob = json.loads(next(small[1].glob("*.json")).read_text())
+    assert set(blob) == {"summary", "layers"}
+
+
+def test_import_tersim_is_light_and_exports_the_api():
+    code = ("import sys, tersim; assert 'torch' not in sys.modules and 'numba' not in sys.modules; "
+            "assert callable(tersim.sweep) and callable(tersim.run); import tersim.sweeps; "
+            "assert callable(tersim.sweep); print(tersim.RunResult.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "RunResult"
+
+
+def test_export_zoo_writes_a_loadable_archive(tmp_path, capsys):
+    path = tmp_path / "r18.pt2"
+    assert main(["export-zoo", "resnet18", "-o", str(path), "--input-shape", "3,32,32"]) == 0
+    graph = import_model(path)
+    assert graph.input_shape == (3, 32, 32) and len(graph.weighted()) == 21
+    assert main(["export-zoo", "resnet9000", "-o", str(tmp_path / "x.pt2")]) == 2
+    assert "resnet9000" in capsys.readouterr().err
