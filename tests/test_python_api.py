@@ -1,4 +1,4 @@
-"""docs/PYTHON_API.md must run: its ```python blocks are executed in order in one namespace."""
+"""docs/PYTHON_API.md and README.md must run: their ```python blocks are executed in order in one namespace."""
 from __future__ import annotations
 
 import re
@@ -24,3 +24,13 @@ def test_python_api_doc_runs(monkeypatch):
         exec(compile(block, f"{DOC.name}[block {i}]", "exec"), namespace)
     assert len(namespace["points"]) == 12
     assert {"group_size", "layer_cycles", "layer_energy", "pareto"} <= set(namespace["figures"])
+
+
+def test_readme_python_examples_run(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    blocks = [b for b in python_blocks((ROOT / "README.md").read_text()) if "import tersim" in b or "tersim." in b]
+    assert len(blocks) >= 2
+    namespace: dict = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"README.md[block {i}]", "exec"), namespace)
+    assert len(namespace["points"]) == 12 and namespace["result"].layers.shape[0] > 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -54,7 +55,9 @@ def export_and_lower(module: torch.nn.Module, example_input: torch.Tensor, name:
 def lower_exported(ep: torch.export.ExportedProgram, name: str) -> Graph:
     """Decompose `ep` to core ATen (conv2d/linear kept) and translate it to a tersim Graph."""
     try:
-        ep = ep.run_decompositions(decomposition_table())
+        with warnings.catch_warnings():  # torch 2.13 warns about its own deprecated LeafSpec here: not ours
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            ep = ep.run_decompositions(decomposition_table())
     except Exception as exc:
         raise ModelLoadError(f"{name}: decomposing the exported program failed: {_first_line(exc)}") from exc
     return _Lowering(ep, name).run()
