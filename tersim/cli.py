@@ -179,10 +179,10 @@ def cmd_export_zoo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "finetune":
-            return args.func(args)
+        from tersim.finetune.cli import cmd_finetune
+
         return {"run": cmd_run, "verify": cmd_verify, "sweep": cmd_sweep, "plot": cmd_plot,
-                "export-zoo": cmd_export_zoo}[args.command](args)
+                "export-zoo": cmd_export_zoo, "finetune": cmd_finetune}[args.command](args)
     except TersimError as exc:
         print(f"tersim: error: {exc}", file=sys.stderr)
         return exc.exit_code

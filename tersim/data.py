@@ -44,6 +44,14 @@ def check_input_shape(x: np.ndarray, expected: tuple[int, ...], source: str) -> 
         raise DataError(f"{source}: inputs have shape {tuple(x.shape[1:])} per sample, the model expects {tuple(expected)}")
 
 
+def load_inputs(data: str | Path | tuple[np.ndarray, np.ndarray | None],
+                expected: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x, y) from a data file or an in-memory (x, y) pair, checked against the model's per-sample input shape."""
+    x, y = data if isinstance(data, tuple) else load_dataset(data)
+    check_input_shape(x, expected, "data" if isinstance(data, tuple) else str(data))
+    return x, y
+
+
 def synthetic_inputs(shape: tuple[int, ...], count: int, seed: int = 0) -> np.ndarray:
     """Standard-normal inputs for models given without data (timing studies; accuracy is then not reported)."""
     return np.random.default_rng(seed).standard_normal((count, *shape)).astype(np.float32)

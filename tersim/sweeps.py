@@ -291,13 +291,9 @@ def _load_model(model: Graph | str | Path, input_shape, trust_pickle: bool) -> G
 
 
 def _load_data(data, graph: Graph) -> tuple[np.ndarray, np.ndarray | None] | None:
-    from tersim.data import check_input_shape, load_dataset
+    from tersim.data import load_inputs
 
-    if data is None:
-        return None
-    x, y = data if isinstance(data, tuple) else load_dataset(data)
-    check_input_shape(x, graph.input_shape, "data" if isinstance(data, tuple) else str(data))
-    return x, y
+    return None if data is None else load_inputs(data, graph.input_shape)
 
 
 def is_zoo_name(model: object) -> bool:

@@ -64,7 +64,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="skip the final accuracy check of the written model on tersim's integer engine")
     p.add_argument("--input-shape", type=input_shape_arg, help="C,H,W for TorchScript/pickled models")
     p.add_argument("--trust-pickle", action="store_true", help="allow a pickled nn.Module (only files you trust)")
-    p.set_defaults(func=cmd_finetune)
 
 
 def _load(path: Path, graph, what: str):
