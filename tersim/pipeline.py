@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -56,7 +55,7 @@ def layer_shape(graph: Graph, layer: QuantizedLayer) -> LayerShape:
     return LayerShape(
         name=node.name, batch=1, in_channels=cin, in_h=h, in_w=w, out_channels=cout, out_h=oh, out_w=ow,
         kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, groups=groups, weight_kind=layer.weight_kind,
-        group_size=layer.group_size, zero_fraction=layer.stats["sparsity"],
+        group_size=layer.group_size, zero_fraction=layer.stats["sparsity"], nonzero=LayerShape.nonzero_of(layer.codes),
     )
 
 
@@ -145,13 +144,9 @@ def run(
 
 
 def _simulate(graph: Graph, qgraph: QuantizedGraph, hw: Accelerator, x: np.ndarray) -> dict[str, LayerSimulation]:
-    """Cycle-stepped timings of every weighted layer (first sample); notes layers it could not step."""
+    """Cycle-stepped timings of every weighted layer (first sample)."""
     shapes = {name: layer_shape(graph, layer) for name, layer in qgraph.layers.items() if layer.weight_kind}
-    simulated = simulate_network(qgraph, hw, x, shapes)
-    if hw.pe.zero_weights == "skip":
-        print("tersim: note: zero_weights 'skip' is not stepped by the cycle engine: its layers ran dense for the "
-              "output check and are timed by the analytic model", file=sys.stderr)
-    return simulated
+    return simulate_network(qgraph, hw, x, shapes)
 
 
 def tabulate(

@@ -9,25 +9,26 @@ from tersim.config import Accelerator
 from tersim.engine.cycle_engine import baseline_gemm, conv2d_engine, im2col, linear_engine
 from tersim.errors import EngineError
 from tersim.kernels import conv2d_int, linear_int
-from tersim.timing.analytic import baseline_layer_timing, layer_timing, ternary_timing
+from tersim.timing.analytic import baseline_layer_timing, layer_timing, skip_plan, ternary_timing
 
 DATAFLOWS = ["weight_stationary", "input_stationary", "output_stationary"]
 ACTS = {"int8": (-128, 127), "uint8": (0, 255), "uint4": (0, 15)}
 
 
 def make_hw(rows=4, cols=3, dataflow="weight_stationary", placement="per_column", per_col=1, acc_bits=32,
-            overflow="saturate", out_kib=64.0) -> Accelerator:
+            overflow="saturate", out_kib=64.0, zero_weights="gate") -> Accelerator:
     multipliers = {"per_column": cols * per_col, "shared": per_col, "per_pe": rows * cols}[placement]
     array = {"rows": rows, "cols": cols, "dataflow": dataflow}
     return Accelerator.model_validate({
         "array": array, "group_scaling": {"multipliers": multipliers, "placement": placement},
+        "pe": {"zero_weights": zero_weights},
         "accumulator": {"bits": acc_bits, "overflow": overflow},
         "memory": {"output_buffer_kib": out_kib},
         "baseline": {"array": array, "memory": {"output_buffer_kib": out_kib}},
     })
 
 
-def random_layer(rng, cin, cout, h, w, k, groups, n, act, weights):
+def random_layer(rng, cin, cout, h, w, k, groups, n, act, weights, zeros=0.0):
     lo, hi = ACTS[act]
     cin_g = cin // groups
     x = rng.integers(lo, hi + 1, (1, cin, h, w)).astype(np.int32)
@@ -36,6 +37,7 @@ def random_layer(rng, cin, cout, h, w, k, groups, n, act, weights):
              else rng.integers(-127, 128, (cout, cin_g, k, k))).astype(np.int8)
     g = -(-cin_g // n)
     alpha = rng.integers(0, 256, (cout, k, k, g)).astype(np.int32)
+    codes[rng.random(codes.shape) < zeros] = 0              # sparser layers: skip finds K indices to drop
     if weights == "int8":                                   # one scale per output channel, at every (ky, kx)
         alpha[:] = alpha[:, :1, :1, :1]
     bias = rng.integers(-3000, 3000, cout).astype(np.int64)
@@ -51,8 +53,8 @@ def check_engine(x, codes, alpha, bias, hw, *, n, stride=1, padding=0, dilation=
     assert r.y.dtype == y.dtype and r.y.shape == y.shape
     np.testing.assert_array_equal(r.y, y)
     assert r.overflow_events == events
-    analytic = ternary_timing(r.shape, hw)
-    assert ternary_timing(r.shape, hw, r.cycles).as_dict() == analytic.as_dict()
+    analytic = layer_timing(r.shape, hw)                    # skip: the compressor's schedule
+    assert ternary_timing(r.shape, hw, r.cycles, plan=skip_plan(r.shape, hw)).as_dict() == analytic.as_dict()
     assert r.cycles.compute == analytic.compute_cycles and r.cycles.group_stall == analytic.stall_group_scale_cycles
     assert r.cycles.tile_reload == analytic.tile_reload_cycles and r.cycles.group_mults == analytic.group_multiplies
     return r, events
@@ -63,12 +65,13 @@ conv_cases = st.fixed_dictionaries({
     "k": st.integers(1, 3), "stride": st.integers(1, 2), "padding": st.integers(0, 1), "dilation": st.integers(1, 2),
     "depthwise": st.booleans(), "n": st.integers(1, 5), "act": st.sampled_from(sorted(ACTS)),
     "weights": st.sampled_from(["ternary", "ternary", "int8"]), "seed": st.integers(0, 2**16),
+    "zeros": st.sampled_from([0.0, 0.7, 0.95]),
 })
 designs = st.fixed_dictionaries({
     "rows": st.integers(1, 5), "cols": st.integers(1, 5), "dataflow": st.sampled_from(DATAFLOWS),
     "placement": st.sampled_from(["per_column", "shared", "per_pe"]), "per_col": st.integers(1, 3),
     "acc_bits": st.sampled_from([10, 14, 32]), "overflow": st.sampled_from(["saturate", "wrap"]),
-    "out_kib": st.sampled_from([0.02, 0.1, 64.0]),
+    "out_kib": st.sampled_from([0.02, 0.1, 64.0]), "zero_weights": st.sampled_from(["gate", "skip"]),
 })
 
 
@@ -81,7 +84,8 @@ def test_engine_equals_integer_kernel_and_analytic_model(case, design):
         cout, groups = cin, cin
     h, w = case["h"] + (case["k"] - 1) * case["dilation"], case["w"] + (case["k"] - 1) * case["dilation"]
     n = cin // groups if case["weights"] == "int8" else case["n"]
-    x, codes, alpha, bias = random_layer(rng, cin, cout, h, w, case["k"], groups, n, case["act"], case["weights"])
+    x, codes, alpha, bias = random_layer(rng, cin, cout, h, w, case["k"], groups, n, case["act"], case["weights"],
+                                         case["zeros"])
     hw = make_hw(**design)
     check_engine(x, codes, alpha, bias, hw, n=n, stride=case["stride"], padding=case["padding"],
                  dilation=case["dilation"], groups=groups, weights=case["weights"],
@@ -145,6 +149,23 @@ def test_few_multipliers_stall_and_per_pe_does_not():
     assert r.cycles.group_stall > 0                   # 4 groups end per cycle per column, 1 multiplier each
     r, _ = check_engine(x, codes, alpha, bias, make_hw(rows=4, cols=2, placement="per_pe"), n=1)
     assert r.cycles.group_stall == 0
+
+
+@pytest.mark.parametrize("dataflow", DATAFLOWS)
+def test_skip_steps_only_the_kept_k_indices(dataflow):
+    # 3x3 conv, 12 channels, channels 4..9 pruned in every filter: K = 108 -> 36 kept (ws, os); is cannot skip.
+    rng = np.random.default_rng(6)
+    x, codes, alpha, bias = random_layer(rng, 12, 5, 6, 6, 3, 1, 2, "uint8", "ternary")
+    codes[:, 4:10] = 0
+    gate, _ = check_engine(x, codes, alpha, bias, make_hw(rows=8, cols=3, dataflow=dataflow), n=2, padding=1)
+    skip, _ = check_engine(x, codes, alpha, bias, make_hw(rows=8, cols=3, dataflow=dataflow, zero_weights="skip"),
+                           n=2, padding=1)
+    np.testing.assert_array_equal(skip.y, gate.y)
+    if dataflow == "input_stationary":
+        assert skip.stepped_cycles == gate.stepped_cycles
+    else:
+        assert skip.stepped_cycles < gate.stepped_cycles
+        assert skip.cycles.group_mults <= gate.cycles.group_mults // 2     # at most 3 of 6 groups per position left
 
 
 @settings(max_examples=25, deadline=None)

@@ -170,14 +170,37 @@ def test_few_multipliers_make_small_n_slower_on_a_real_layer():
 
 # --- skip mode -------------------------------------------------------------------------------------
 def test_skip_compresses_k_in_ws_and_os_not_is():
-    layer = small_layer(2, zero_fraction=0.5)          # K=8 -> 4 non-zeros per column
+    pruned = np.ones((2, 8), bool)
+    pruned[:, 4:] = False                               # channels 4..7 zero in both filters: K 8 -> 4
+    layer = small_layer(2, zero_fraction=0.5, nonzero=pruned)
     ws = layer_timing(layer, make_hw(zero_weights="skip"))
     assert ws.compute_cycles == 1 * 18 - 1 and ws.active_macs == 4 * 2 * 10
+    assert ws.group_multiplies == 2 * 2 * 10            # the two all-zero groups lost their multiplies
     os_ = layer_timing(layer, make_hw(dataflow="output_stationary", zero_weights="skip"))
     assert os_.compute_cycles == 3 * (4 + 2 + 4 - 2) - 1
     is_gate = layer_timing(layer, make_hw(dataflow="input_stationary"))
     is_skip = layer_timing(layer, make_hw(dataflow="input_stationary", zero_weights="skip"))
     assert is_skip.total_cycles == is_gate.total_cycles
+
+
+def test_skip_drops_only_what_a_whole_fold_can_drop():
+    # As many zeros, but not in the same K indices of the fold's two filters: every row is needed.
+    staggered = np.ones((2, 8), bool)
+    staggered[0, :4] = staggered[1, 4:] = False
+    layer = small_layer(2, zero_fraction=0.5, nonzero=staggered)
+    gate = layer_timing(layer, make_hw())
+    assert layer_timing(layer, make_hw(zero_weights="skip")).as_dict() == gate.as_dict()
+    # One filter per column fold (cols=1): each fold drops its own zeros.
+    one_col = layer_timing(layer, make_hw(cols=1, zero_weights="skip"))
+    assert one_col.compute_cycles < layer_timing(layer, make_hw(cols=1)).compute_cycles
+    # No weights known (a bare shape): nothing is known to be zero, skip = gate.
+    bare = small_layer(2, zero_fraction=0.5)
+    assert layer_timing(bare, make_hw(zero_weights="skip")).as_dict() == layer_timing(bare, make_hw()).as_dict()
+
+
+def test_nonzero_mask_shape_is_checked():
+    with pytest.raises(ValueError, match="nonzero must be"):
+        small_layer(2, nonzero=np.ones((2, 7), bool))
 
 
 # --- memory ----------------------------------------------------------------------------------------
@@ -264,11 +287,12 @@ def test_doubling_the_array_never_hurts_when_it_divides(a, b, t, rows, cols, df)
 
 
 layer_shapes = st.builds(
-    lambda cin, cout, hw_, k, s, n, z, kind: LayerShape.conv2d(
+    lambda cin, cout, hw_, k, s, n, z, kind, seed: LayerShape.conv2d(
         "h", cin, cout, (hw_ + k, hw_ + k), k, stride=s, group_size=cin if kind == "int8" else min(n, cin),
-        zero_fraction=z, weight_kind=kind),
+        zero_fraction=z, weight_kind=kind, nonzero=np.random.default_rng(seed).random((cout, k * k * cin)) >= z),
     st.integers(1, 48), st.integers(1, 48), st.integers(0, 12), st.integers(1, 3), st.integers(1, 2),
     st.sampled_from([1, 2, 3, 4, 8, 16, 64]), st.floats(0, 1), st.sampled_from(["ternary", "ternary", "int8"]),
+    st.integers(0, 2**16),
 )
 designs = st.builds(
     lambda rows, cols, df, placement, m, skip, db, kib: make_hw(

@@ -34,7 +34,8 @@ class TernaryPEConfig(_Strict):
     act_bits: Literal[8, 4] = 8
     weight_bits: Literal[2] = 2
     zero_weights: Literal["gate", "skip"] = Field(
-        "gate", description="gate: a zero weight still takes its cycle; skip: zero weights compressed out"
+        "gate", description="gate: a zero weight still takes its cycle; skip: K indices zero in every filter of a "
+        "column fold are not stepped (docs/TIMING.md section 3)"
     )
 
 

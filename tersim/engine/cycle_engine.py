@@ -11,8 +11,8 @@ This module validates, lays the operands out (im2col in the contract's (ky, kx, 
 column per group) and turns the kernels' counters into `ArrayCycles`, so that
 tersim.timing.analytic builds the report row (bytes, memory stalls, energy) exactly as for its own
 closed forms. int8-weight layers run on the same array: a PE multiplies (one MAC per cycle) instead of
-adding, and their scale is a group per kernel position. `zero_weights: skip` is not stepped: the
-engine always steps the dense (gate) schedule; skip designs are timed by the analytic model.
+adding, and their scale is a group per kernel position. `zero_weights: skip` steps the weight
+compressor's schedule (tersim.timing.analytic.skip_plan): each column fold on its own kept K indices.
 The FP32 baseline steps the same kernels on float32 data (`baseline_gemm`).
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ from tersim.kernels.common import check_conv, check_linear, max_abs
 from tersim.kernels.elementwise import requantize_int
 from tersim.kernels.systolic import QUEUE_NONE, QUEUE_PER_COLUMN, QUEUE_SHARED, run_os_gemm, run_stream_gemm
 from tersim.quantize.graph import QuantizedGraph, QuantizedLayer
-from tersim.timing.analytic import (SHORT, ArrayCycles, LayerTiming, OsFormula, baseline_traffic, group_ends,
-                                    ternary_traffic)
+from tersim.timing.analytic import (SHORT, ArrayCycles, LayerTiming, OsFormula, SkipPlan, baseline_traffic,
+                                    group_ends, skip_plan, ternary_traffic)
 from tersim.timing.shapes import LayerShape
 
 FLOAT_LIMIT = 2**62  # "accumulator range" of the float baseline: never reached, no clamping
@@ -72,14 +72,32 @@ def _queue(hw: Accelerator) -> tuple[int, int]:
 
 def _run_gemms(xcol: np.ndarray, wcol: np.ndarray, ends: np.ndarray, gidx: np.ndarray, alpha: np.ndarray,
                bias: np.ndarray, rows: int, cols: int, dataflow: str, os_formula: OsFormula, t_tile: int,
-               lo: int, hi: int, wrap: bool, queue: tuple[int, int], acc_dtype, psum_dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Every conv group's GEMM on the array; returns accumulators (groups, P, N) and summed counters."""
+               lo: int, hi: int, wrap: bool, queue: tuple[int, int], acc_dtype, psum_dtype,
+               plan: SkipPlan | None = None, shape: LayerShape | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every conv group's GEMM on the array; returns accumulators (groups, P, N) and summed counters.
+    With a skip `plan` each column fold runs on its own kept K indices (dropped ones are zero for every
+    filter of the fold, so the sums are the same)."""
     groups, P, K = xcol.shape
     N = wcol.shape[0] // groups
     acc = np.zeros((groups, P, N), acc_dtype)
     stats = np.zeros(8, np.int64)
     proto = np.zeros(1, psum_dtype)
     df = SHORT[dataflow]
+    if plan is not None:                      # ws / os only (is cannot skip)
+        for g, f, kept in plan.folds():
+            n0, n1 = f * cols, min((f + 1) * cols, N)
+            w = np.ascontiguousarray(wcol[g * N + n0:g * N + n1][:, kept])
+            a, b, out = alpha[g * N + n0:g * N + n1], bias[g * N + n0:g * N + n1], acc[g][:, n0:n1]
+            fold_ends = np.zeros(kept.size, np.bool_)
+            fold_ends[group_ends(shape, kept)] = True
+            x = xcol[g][:, kept]
+            if df == "os":
+                stats += run_os_gemm(np.ascontiguousarray(x), w, fold_ends, gidx[kept], a, b, rows, cols,
+                                     os_formula == "paper", lo, hi, wrap, *queue, out, proto)
+            else:
+                stats += run_stream_gemm(w, np.ascontiguousarray(x.T), fold_ends, gidx[kept], a, b, False, rows, cols,
+                                         t_tile, lo, hi, wrap, *queue, out, proto)
+        return acc, stats
     for g in range(groups):
         w, a, b = wcol[g * N:(g + 1) * N], alpha[g * N:(g + 1) * N], bias[g * N:(g + 1) * N]
         if df == "os":
@@ -87,13 +105,11 @@ def _run_gemms(xcol: np.ndarray, wcol: np.ndarray, ends: np.ndarray, gidx: np.nd
                                  *queue, acc[g], proto)
         elif df == "ws":
             stats += run_stream_gemm(w, np.ascontiguousarray(xcol[g].T), ends, gidx, a, b, False, rows, cols, t_tile,
-                                     lo, hi, wrap,
-                                     *queue, acc[g], proto)
+                                     lo, hi, wrap, *queue, acc[g], proto)
         else:
             out = np.zeros((N, P), acc_dtype)
             stats += run_stream_gemm(xcol[g], np.ascontiguousarray(w.T), ends, gidx, a, b, True, rows, cols, t_tile,
-                                     lo, hi, wrap,
-                                     *queue, out, proto)
+                                     lo, hi, wrap, *queue, out, proto)
             acc[g] = out.T
     return acc, stats
 
@@ -106,11 +122,11 @@ def _cycles(stats: np.ndarray) -> ArrayCycles:
                        group_mults=int(stats[7]))
 
 
-def _shape(spec, weight_kind: str, name: str) -> LayerShape:
+def _shape(spec, weight_kind: str, name: str, nonzero: np.ndarray | None = None) -> LayerShape:
     return LayerShape(name=name, batch=spec.B, in_channels=spec.Cin, in_h=spec.H, in_w=spec.W,
                       out_channels=spec.Cout, out_h=spec.OH, out_w=spec.OW, kernel_h=spec.kh, kernel_w=spec.kw,
                       stride_h=spec.stride[0], stride_w=spec.stride[1], groups=spec.groups,
-                      weight_kind=weight_kind, group_size=spec.group_size)
+                      weight_kind=weight_kind, group_size=spec.group_size, nonzero=nonzero)
 
 
 def conv2d_engine(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np.ndarray, *, group_size: int,
@@ -127,11 +143,11 @@ def conv2d_engine(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q:
         raise EngineError(f"layer '{name}': {exc}") from None
     if spec.B == 0 or spec.Cout == 0:
         raise EngineError(f"layer '{name}': nothing to simulate (batch or channels is 0)")
-    shape = _shape(spec, weight_kind, name)
+    shape = _shape(spec, weight_kind, name, LayerShape.nonzero_of(codes))
     K = shape.gemm_k
     rows, cols, df = hw.array.rows, hw.array.cols, hw.array.dataflow
     ends = np.zeros(K, np.bool_)
-    ends[group_ends(shape, K)] = True
+    ends[group_ends(shape)] = True
     gidx = (np.arange(K) // spec.cin_g) * spec.G + (np.arange(K) % spec.cin_g) // spec.group_size
     # Exact group sums (carried across folds too) need at most max|x| * max|code| * min(N, cin_g).
     narrow = max_abs(x) * max(1, max_abs(codes)) * min(spec.group_size, spec.cin_g) < 2**31
@@ -142,7 +158,7 @@ def conv2d_engine(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q:
     alpha = np.ascontiguousarray(alpha_q, np.int64).reshape(spec.Cout, -1)
     acc, stats = _run_gemms(xcol, wcol, ends, gidx, alpha, np.asarray(bias_q, np.int64), rows, cols, df, os_formula,
                             ternary_traffic(shape, hw).t_tile, spec.acc_lo, spec.acc_hi, not saturate, _queue(hw),
-                            np.int64, dtype)
+                            np.int64, dtype, skip_plan(shape, hw, os_formula), shape)
     acc = acc.reshape(spec.groups, spec.B, spec.OH, spec.OW, spec.cout_g).transpose(1, 0, 4, 2, 3)
     y = requantize_int(acc.reshape(spec.B, spec.Cout, spec.OH, spec.OW), shift=shift, out_lo=out_lo, out_hi=out_hi)
     stepped = int(stats[0])
@@ -207,7 +223,7 @@ class LayerSimulation:
 
     ternary: LayerTiming
     baseline: LayerTiming
-    source: str              # 'engine' | 'analytic (skip not stepped)'
+    source: str              # 'engine'
 
 
 def _ternary_layer(layer: QuantizedLayer, x: np.ndarray, qgraph: QuantizedGraph, hw: Accelerator) -> EngineResult:
@@ -260,11 +276,10 @@ def simulate_network(qgraph: QuantizedGraph, hw: Accelerator, x: np.ndarray,
     """Step every weighted layer of one input sample (x[:1]) through the ternary array and the FP32 baseline.
 
     Each layer's integer output and overflow count must equal tersim.kernels' for that sample, the stepped
-    cycles the analytic model's for `shapes[name]`: any difference raises EngineError. zero_weights
-    `skip` is not stepped: those layers still run (dense) for the output check, timed analytically.
+    cycles the analytic model's for `shapes[name]`: any difference raises EngineError.
     """
     from tersim.engine.execute import execute
-    from tersim.timing.analytic import baseline_layer_timing, layer_timing, ternary_timing
+    from tersim.timing.analytic import baseline_layer_timing, ternary_timing
 
     sample = execute(qgraph, x[:1], keep_all=True)
     out: dict[str, LayerSimulation] = {}
@@ -281,11 +296,9 @@ def simulate_network(qgraph: QuantizedGraph, hw: Accelerator, x: np.ndarray,
         base = baseline_layer_timing(shape, hw, b.cycles)
         if base.as_dict() != baseline_layer_timing(shape, hw).as_dict():
             raise EngineError(f"layer '{name}': stepped FP32 baseline cycles differ from the analytic model's")
-        if hw.pe.zero_weights == "skip":
-            out[name] = LayerSimulation(layer_timing(shape, hw), base, "analytic (skip not stepped)")
-            continue
-        tern = ternary_timing(shape, hw, r.cycles)
-        if tern.as_dict() != ternary_timing(shape, hw).as_dict():
+        plan = skip_plan(shape, hw)
+        tern = ternary_timing(shape, hw, r.cycles, plan=plan)
+        if tern.as_dict() != ternary_timing(shape, hw, plan=plan).as_dict():
             raise EngineError(f"layer '{name}': stepped cycles {r.cycles} differ from the analytic model's")
         out[name] = LayerSimulation(tern, base, "engine")
     return out

@@ -1,30 +1,39 @@
 """Cycle-stepped, data-carrying PE array (Numba). tersim/engine/cycle_engine.py prepares the operands.
 
 One GEMM (K reduction, an operand streamed in time, one laid across the columns) runs fold by fold on a
-rows x cols array; every cycle every PE register is updated:
+rows x cols array; every cycle every PE register is updated.
+
+Register files are flat arrays of (rows + 1) lines of `width` = cols + 1 slots: slot 0 of a PE line is
+that row's input port (the streamed operand enters there), slot 1 + c the PE in column c; one more line
+is the port line where values enter from the top (ws/is: line 0, above PE row 0 on line 1; os lists the
+rows bottom-up with the port line last, so its tables are read in increasing address order). Every
+cycle is one pass over the flat arrays: a value moves one column right by reading slot j - 1, one row
+down by reading the slot one line up; port slots hold no PE (stationary operand 0), so what they
+compute is 0 and never read. The passes index with unsigned offsets and create no array views, so they
+vectorise and pay no reference counting per cycle (see reports/cycle_engine.txt for the rate).
 
 * ws / is (`run_stream_gemm`): K on rows. The stationary tile (weights for ws, activations for is) is
   shifted in from the top, one row per cycle (`rows` load cycles). Then the streamed operand enters
   at the left, row r delayed by r cycles (skew), and moves one column right per cycle; partial sums
   move one row down per cycle. A PE adds `stationary * streamed` to the partial sum from above
   (ternary: +x, -x or a gated 0). The PE at the last row of an FGQ group sends the exact group sum to
-  the group-scaling FIFO instead of down (the PE below starts from 0); the bottom row's unfinished
+  a group-scaling multiplier instead of down (its register is cleared, so the PE below starts from 0); the bottom row's unfinished
   group sum leaves the array and re-enters at the top in the next row fold (carry), so every group is
   multiplied once and the accumulator sees the numerics contract's order. Stream phase:
   T + rows + cols - 2 cycles (fill, T, drain).
 * os (`run_os_gemm`): pixels on rows, filters on columns, K in time: activations move right, weights
-  move down (both skewed), every PE keeps its own partial sum and accumulator.
+  move down (both skewed), every PE keeps its own partial sum and accumulator; at a group's last k the
+  PE's sum is scaled into its accumulator and restarts from 0.
 
 Group scaling: psum * alpha then one clamp/wrap step of the accumulator (`_keep`), counted as an overflow
-event when the exact value is out of range. The FIFOs (per column or shared) are modelled by their
-occupancy: `rate` items leave per cycle from their arrival cycle on; a fold ends when the array is done
-and the FIFO is empty (the extra cycles are group-scale stalls). The group sums themselves wait in a FIFO
-buffer and the multipliers' psum * alpha + clamp/wrap is applied to them in FIFO order every CHUNK cycles:
-a FIFO keeps each output's groups in K order, so the values are those of applying them one by one.
+event when the exact value is out of range. Accumulators of ws/is live in a skewed buffer acc[q, c]
+(q = time index + c): the sums a row finishes in one cycle fill one contiguous line of it. Bubbles carry
+zeros, so slots outside the fold stay 0 and never overflow.
 
-Accumulators live in a skewed buffer acc[q, c] with q = time index + c: all PEs of one row that finish
-a group in one cycle write one contiguous row of it, so the inner column loops vectorise. Bubbles carry
-zeros, so skewed slots outside the fold stay 0 and never overflow.
+The multiplier FIFOs (per column or shared) are modelled by their occupancy: arrivals go in, `rate`
+items leave per cycle; a fold ends when the array is done and the FIFOs are empty (the extra cycles are
+group-scale stalls). When no cycle can bring more items than the multipliers take (`_may_stall` is
+false), every occupancy stays 0 and is not stepped.
 
 The same kernels run the FP32 baseline on float32 data (no clamping, no FIFO).
 """
@@ -35,6 +44,8 @@ from numba import njit, types
 from numba.extending import overload
 
 QUEUE_NONE, QUEUE_PER_COLUMN, QUEUE_SHARED = 0, 1, 2   # per_pe never stalls: QUEUE_NONE
+U = np.uint64   # per-cycle loops index with unsigned offsets: no negative-index check (so they vectorise) and no
+                # array views (each costs two atomic reference-count updates, measured at a third of the time)
 
 
 def _keep(v, lo, hi, wrap):
@@ -54,28 +65,13 @@ def _keep_impl(v, lo, hi, wrap):
 
 
 @njit(cache=True)
-def load_stationary(reg, src, s0, su, k0, ku):
-    """Shift the tile src[s0 + c, k0 + r] into reg[r, 1 + c] from the top, one row per cycle (column 0
-    is the row's input port, no PE); returns the cycles."""
-    rows, width = reg.shape
-    for step in range(rows):
-        for r in range(rows - 1, 0, -1):
-            for c in range(width):
-                reg[r, c] = reg[r - 1, c]
-        kr = rows - 1 - step                       # the row entering now ends at row kr
-        for c in range(width - 1):
-            reg[0, 1 + c] = src[s0 + c, k0 + kr] if (c < su and kr < ku) else 0
-    return rows
-
-
-@njit(cache=True)
-def _queue_step(occ, rate, kind):
-    """One cycle of the multipliers: up to `rate` items leave each FIFO."""
+def _may_stall(most_per_column, lanes, rate, kind):
+    """Can one cycle bring a FIFO more items than its `rate` multipliers take? (else it stays empty)"""
     if kind == QUEUE_PER_COLUMN:
-        for c in range(occ.size):
-            occ[c] = max(occ[c] - rate, 0)
-    elif kind == QUEUE_SHARED:
-        occ[0] = max(occ[0] - rate, 0)
+        return most_per_column > rate
+    if kind == QUEUE_SHARED:
+        return most_per_column * lanes > rate
+    return False
 
 
 @njit(cache=True)
@@ -88,156 +84,129 @@ def _queue_drain(occ, rate):
     return (worst + rate - 1) // rate
 
 
-CHUNK = 64  # cycles of group sums the FIFO buffers before the multipliers' results are written back
-
-
 @njit(cache=True)
-def _step_pes(act, nact, ps, nps, keep, stat, top, width):
-    """One cycle of every PE. Registers are flat rows of `width` = cols + 1: slot 0 of a row is its input
-    port (holding this cycle's injected element), slot 1 + c the PE in column c. The streamed operand
-    moves one slot right, the partial sum one row down (0 under a group end, `top` into row 0), and each
-    PE adds stationary * streamed (port slots have stationary 0)."""
-    n = act.size
-    left, above = act[:n - width - 1], ps[:n - width]
-    a_out, p_out, k, w = nact[width + 1:], nps[width:], keep[width:], stat[width:]
-    for i in range(n - width - 1):                # rows 1..
-        a = left[i + width]
-        a_out[i] = a
-        p_out[i + 1] = above[i + 1] * k[i + 1] + w[i + 1] * a
-    for c in range(width - 1):                    # row 0
-        a = act[c]
-        nact[c + 1] = a
-        nps[c + 1] = top[c] + stat[c + 1] * a
-
-
-@njit(cache=True)
-def _arrivals(occ, diff, rate, kind, su):
-    """One cycle of the group-scaling FIFOs: this cycle's arrivals (diff: +1 at a row's first real lane,
-    -1 past its last) go in, up to `rate` items per FIFO go to the multipliers."""
+def _enqueue(occ, arrivals, n_lanes, rate, kind):
+    """One cycle of the group-scaling FIFOs: arrivals[c] items of column c go in, up to `rate` per FIFO
+    go to the multipliers."""
     if kind == QUEUE_PER_COLUMN:
-        run = 0
-        for c in range(su):
-            run += diff[c]
-            diff[c] = 0
-            occ[c] = max(occ[c] + run - rate, 0)
-        diff[su] = 0
-    elif kind == QUEUE_SHARED:
+        for c in range(n_lanes):
+            occ[c] = max(occ[c] + arrivals[c] - rate, 0)
+    else:
         total = 0
-        for c in range(su):
-            total += diff[c] * (su - c)           # +1 at c_lo, -1 at c_hi + 1: row length c_hi - c_lo + 1
-            diff[c] = 0
-        diff[su] = 0
+        for c in range(n_lanes):
+            total += arrivals[c]
         occ[0] = max(occ[0] + total - rate, 0)
 
 
 @njit(cache=True)
-def _multiply_out(acc, fifo, end_rows, scale, tau0, tau1, n_in_time, lo, hi, wrap):
-    """The multipliers' arithmetic for the group sums of cycles [tau0, tau1): in FIFO order (earlier rows
-    first, so each output gets its groups in K order) psum * alpha, then one clamp/wrap step of the
-    accumulator; returns the overflow events. Row r's sum of cycle tau belongs to slot q = tau - r."""
-    cols, n_slots = acc.shape
-    events = 0
-    for e in range(end_rows.size):
-        r = end_rows[e]
-        q0, q1 = max(tau0 - r, 0), min(tau1 - r, n_slots)
-        for c in range(cols):
-            if q1 <= q0:
-                break
-            src = fifo[e, c * CHUNK + q0 + r - tau0:c * CHUNK + q1 + r - tau0]
-            dst = acc[c, q0:q1]
-            if n_in_time:                         # is: lane c holds time index q - c
-                sc = scale[r, q0 + cols - 1 - c:q1 + cols - 1 - c]
-                for i in range(dst.size):
-                    v = dst[i] + src[i] * sc[i]
-                    events += (v < lo) | (v > hi)
-                    dst[i] = _keep(v, lo, hi, wrap)
-            else:                                 # ws: one alpha per column
-                a = scale[r, c]
-                for i in range(dst.size):
-                    v = dst[i] + src[i] * a
-                    events += (v < lo) | (v > hi)
-                    dst[i] = _keep(v, lo, hi, wrap)
-    return events
+def load_stationary(reg, src, s0, su, k0, ku, width):
+    """Shift the tile src[s0 + c, k0 + r] into PE (r, c) from the top, one row per cycle; returns the cycles."""
+    n = reg.size
+    rows = n // width - 1
+    for step in range(rows):
+        for j in range(n - 1, 2 * width - 1, -1):
+            reg[j] = reg[j - width]
+        kr = rows - 1 - step                       # the row entering now ends at row kr
+        for c in range(width - 1):
+            reg[width + 1 + c] = src[s0 + c, k0 + kr] if (c < su and kr < ku) else 0
+    return rows
 
 
 @njit(cache=True)
-def stream_fold(stat, strm, t0, tn, k0, ku, su, end_rows, keep, last_ends, scale, n_in_time, acc, carry_in,
-                carry_out, act, nact, ps, nps, fifo, occ, diff, rate, kind, lo, hi, wrap):
+def stream_fold(stat, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, carry_in, carry_out, act, nact, ps,
+                nps, occ, arrivals, rate, kind, lo, hi, wrap):
     """The stream phase of one ws/is fold (tn + rows + cols - 2 cycles) on a loaded stationary tile.
 
-    Registers are flat rows of cols + 1 slots (see `_step_pes`): stat, act / nact (this and next
-    cycle's streamed operand), ps / nps (partial sums). strm (K, T): row r receives strm[k0 + r, t0 + j] at stream cycle
-    j + r. end_rows: rows that end a group; keep[i] = 0 below such a row (and on row 0), else 1;
-    last_ends: the bottom row ends a group (nothing to carry). scale: ws (rows, cols) alpha per (row,
-    column); is (rows, tn + 2*cols - 2) alpha per (row, time index + cols - 1). acc (cols, tn + cols - 1)
-    and carry_* (tn + cols - 1, cols) skewed. fifo (rows, cols * CHUNK): group sums waiting for the multipliers.
-    Returns (cycles, overflow events, group sums).
+    stat, act / nact (this and next cycle's streamed operand), ps / nps (partial sums): flat register files
+    (module docstring). ports (>= n_cycles, rows): what enters row r's port at each cycle (skewed, zero
+    outside the tile). end_rows: rows that end a group; their sums go to the multipliers and the row is
+    cleared, so the row below starts from 0. scale: ws (rows, cols) alpha per (row, column); is (rows,
+    n_slots + cols - 1) alpha of time index n_slots - 1 - u at [r, u]. acc (>= n_slots, cols) and carry_*
+    (>= n_slots, cols) skewed. Returns (cycles, overflow events).
     """
-    cols, n_slots = acc.shape
-    rows = stat.size // (cols + 1)
+    cols = acc.shape[1]
+    width = cols + 1
+    n = stat.size
+    rows = n // width - 1
     n_cycles = tn + rows + cols - 2
     events = 0
-    sums = 0
-    zero = np.zeros(cols, carry_in.dtype)
-    width = cols + 1
-    tau0 = 0
+    queue = _may_stall(end_rows.size, su, rate, kind)
+    accf, cin, cout, sc = acc.reshape(-1), carry_in.reshape(-1), carry_out.reshape(-1), scale.reshape(-1)
+    W, C = U(width), U(cols)
     for tau in range(n_cycles):
         for r in range(rows):                     # the ports: row r's next element, skewed by r cycles
-            j = tau - r
-            act[r * width] = strm[k0 + r, t0 + j] if (r < ku and 0 <= j < tn) else 0
-        _step_pes(act, nact, ps, nps, keep, stat, carry_in[tau] if tau < n_slots else zero, width)
-        slot = tau - tau0
-        for e in range(end_rows.size):           # group sums leave their rows for the FIFO
+            act[(r + 1) * width] = ports[tau, r]
+        for c in range(cols):                     # partial sums entering from the top: the carry
+            ps[1 + c] = carry_in[tau, c] if tau < n_slots else 0
+        for j in range(U(n - width)):             # every PE: operand one column right, sum one row down
+            a = act[j + W - U(1)]
+            nact[j + W] = a
+            nps[j + W] = ps[j] + stat[j + W] * a
+        for e in range(end_rows.size):            # group sums leave their rows for the multipliers
             r = end_rows[e]
-            for c in range(cols):
-                fifo[e, c * CHUNK + slot] = nps[r * width + 1 + c]
-            c_lo, c_hi = max(0, tau - r - tn + 1), min(su - 1, tau - r)   # lanes holding a real element
-            if c_hi >= c_lo:
-                sums += c_hi - c_lo + 1
-                diff[c_lo] += 1
-                diff[c_hi + 1] -= 1
-        _arrivals(occ, diff, rate, kind, su)
-        if tau + 1 - tau0 == CHUNK or tau + 1 == n_cycles:
-            events += _multiply_out(acc, fifo, end_rows, scale, tau0, tau + 1, n_in_time, lo, hi, wrap)
-            tau0 = tau + 1
+            q = tau - r
+            row = U((r + 1) * width + 1)
+            if 0 <= q < n_slots:                  # is: lane c holds time index q - c; ws: one alpha per column
+                dst = U(q * cols)
+                alpha = U(r * scale.shape[1] + (n_slots - 1 - q if n_in_time else 0))
+                for c in range(C):
+                    v = accf[dst + c] + nps[row + c] * sc[alpha + c]
+                    events += (v < lo) | (v > hi)
+                    accf[dst + c] = _keep(v, lo, hi, wrap)
+            for c in range(C):
+                nps[row + c] = 0
+        if queue:                                 # lanes c of row r hold a real element: 0 <= tau - r - c < tn
+            arrivals[:] = 0
+            for e in range(end_rows.size):
+                r = end_rows[e]
+                for c in range(max(0, tau - r - tn + 1), min(su - 1, tau - r) + 1):
+                    arrivals[c] += 1
+            _enqueue(occ, arrivals, su, rate, kind)
         q = tau - rows + 1
-        if 0 <= q < n_slots:
-            if last_ends:
-                carry_out[q, :] = 0
-            else:
-                carry_out[q, :] = nps[(rows - 1) * width + 1:]
+        if 0 <= q < n_slots:                      # the bottom row's unfinished sums: the next fold's carry
+            dst, bottom = U(q * cols), U(rows * width + 1)
+            for c in range(C):
+                cout[dst + c] = nps[bottom + c]
         act, nact = nact, act
         ps, nps = nps, ps
-    return n_cycles, events, sums
+    return n_cycles, events
 
 
 @njit(cache=True)
 def _init_acc(acc, bias, n0, su, tn, n_in_time, lo, hi, wrap):
-    """Skewed accumulators acc[c, q] of one fold column: bias (one clamp/wrap step) at real slots
+    """Skewed accumulators acc[q, c] of one fold column: bias (one clamp/wrap step) at real slots
     (time index q - c in [0, tn)), 0 elsewhere."""
-    cols, n_slots = acc.shape
     events = 0
     acc[:] = 0
     for c in range(su):
         for t in range(tn):
             b = bias[n0 + t] if n_in_time else bias[n0 + c]
             events += (b < lo) | (b > hi)
-            acc[c, t + c] = _keep(b, lo, hi, wrap)
+            acc[t + c, c] = _keep(b, lo, hi, wrap)
     return events
 
 
 @njit(cache=True)
-def _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, cols, n_in_time):
-    """Alpha of each row's group for this fold: per column (ws) or per time index + cols - 1 (is)."""
+def _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time):
+    """Alpha of each row's group for this fold: per column (ws) or per time index, reversed (is)."""
     scale[:] = 0
     for r in range(ku):
         g = gidx[k0 + r]
         if n_in_time:
             for t in range(tn):
-                scale[r, t + cols - 1] = alpha[t0 + t, g]
+                scale[r, n_slots - 1 - t] = alpha[t0 + t, g]
         else:
             for c in range(su):
                 scale[r, c] = alpha[s0 + c, g]
+
+
+@njit(cache=True)
+def _fold_ports(ports, strm, k0, ku, t0, tn):
+    """ports[j + r, r] = strm[k0 + r, t0 + j]: the streamed operand as each row's port sees it (skewed)."""
+    ports[:] = 0
+    for r in range(ku):
+        for j in range(tn):
+            ports[j + r, r] = strm[k0 + r, t0 + j]
 
 
 @njit(cache=True)
@@ -246,7 +215,7 @@ def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, 
     """ws / is: one GEMM fold by fold (column fold -> T tile -> row fold), every cycle stepped.
 
     stat_src (S, K) is laid across the columns (ws: weights (N, K); is: im2col activations (P, K)),
-    strm (K, T) streams in time (ws: activations; is: weights; K-major: each row reads a contiguous run). alpha (N, groups), bias (N,) are indexed
+    strm (K, T) streams in time (ws: activations; is: weights). alpha (N, groups), bias (N,) are indexed
     by the filter: the column (ws) or the time index (is). out (T, S) receives the accumulators.
     Returns int64[8]: stepped cycles, load cycles, stream cycles, first-tile overhead cycles,
     reload overhead cycles, group-scale stall cycles, overflow events, group sums scaled.
@@ -255,38 +224,39 @@ def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, 
     T = strm.shape[1]
     stats = np.zeros(8, np.int64)
     width = cols + 1
-    reg = np.zeros((rows, width), stat_src.dtype)
-    act = np.zeros(rows * width, strm.dtype)
-    nact = np.zeros(rows * width, strm.dtype)
-    ps = np.zeros(rows * width, psum_proto.dtype)
-    nps = np.zeros(rows * width, psum_proto.dtype)
-    keep = np.zeros(rows * width, psum_proto.dtype)
-    fifo = np.zeros((rows, CHUNK * cols), psum_proto.dtype)
-    diff = np.zeros(cols + 1, np.int64)
+    n = (rows + 1) * width
+    tile = min(t_tile, T)
+    slots = tile + cols - 1
+    reg = np.zeros(n, stat_src.dtype)
+    act = np.zeros(n, strm.dtype)
+    nact = np.zeros(n, strm.dtype)
+    ps = np.zeros(n, psum_proto.dtype)
+    nps = np.zeros(n, psum_proto.dtype)
+    ports = np.zeros((tile + rows + cols - 2, rows), strm.dtype)
+    acc = np.zeros((slots, cols), out.dtype)
+    carry_in = np.zeros((slots, cols), psum_proto.dtype)
+    carry_out = np.zeros((slots, cols), psum_proto.dtype)
+    scale = np.zeros((rows, slots + cols - 1 if n_in_time else cols), alpha.dtype)
     occ = np.zeros(cols if kind == QUEUE_PER_COLUMN else 1, np.int64)
+    arrivals = np.zeros(cols, np.int64)
     for s0 in range(0, S, cols):
         su = min(cols, S - s0)
         for t0 in range(0, T, t_tile):
             tn = min(t_tile, T - t0)
             n_slots = tn + cols - 1
-            acc = np.zeros((cols, n_slots), out.dtype)
-            carry_in = np.zeros((n_slots, cols), psum_proto.dtype)
-            carry_out = np.zeros((n_slots, cols), psum_proto.dtype)
-            scale = np.zeros((rows, tn + 2 * cols - 2 if n_in_time else cols), alpha.dtype)
             stats[6] += _init_acc(acc, bias, t0 if n_in_time else s0, su, tn, n_in_time, lo, hi, wrap)
+            carry_in[:] = 0
             for k0 in range(0, K, rows):
                 ku = min(rows, K - k0)
                 end_rows = np.flatnonzero(ends_k[k0:k0 + ku])
-                for r in range(1, rows):
-                    keep[r * width:(r + 1) * width] = 0 if (r - 1 < ku and ends_k[k0 + r - 1]) else 1
-                last_ends = rows == ku and ends_k[k0 + rows - 1]
-                _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, cols, n_in_time)
-                load = load_stationary(reg, stat_src, s0, su, k0, ku)
+                _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
+                _fold_ports(ports, strm, k0, ku, t0, tn)
+                load = load_stationary(reg, stat_src, s0, su, k0, ku, width)
                 act[:] = 0
                 ps[:] = 0
-                stream, ev, sums = stream_fold(reg.ravel(), strm, t0, tn, k0, ku, su, end_rows, keep, last_ends,
-                                               scale, n_in_time, acc, carry_in, carry_out, act, nact, ps, nps, fifo,
-                                               occ, diff, rate, kind, lo, hi, wrap)
+                stream, ev = stream_fold(reg, ports, tn, su, end_rows, scale, n_in_time, acc,
+                                         n_slots, carry_in, carry_out, act, nact, ps, nps, occ, arrivals, rate,
+                                         kind, lo, hi, wrap)
                 stall = _queue_drain(occ, rate) if kind != QUEUE_NONE else 0
                 carry_in, carry_out = carry_out, carry_in
                 stats[0] += load + stream
@@ -295,60 +265,88 @@ def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, 
                 stats[3 if t0 == 0 else 4] += load + stream - tn
                 stats[5] += stall
                 stats[6] += ev
-                stats[7] += sums
+                stats[7] += end_rows.size * su * tn    # every end row scales one sum per real lane and time
             for c in range(su):
                 for t in range(tn):
-                    out[t0 + t, s0 + c] = acc[c, t + c]
+                    out[t0 + t, s0 + c] = acc[t + c, c]
     return stats
 
 
 @njit(cache=True)
-def os_fold(x, w, p0, pu, n0, nu, ends_p, gidx_p, off, alpha, act, wreg, ps, acc, occ, rate, kind, lo, hi, wrap):
-    """The stream phase of one os fold: rows + cols + K - 2 cycles. PE (r, c) meets x[p0 + r, k] and
-    w[n0 + c, k] at cycle k + r + c; ends_p / gidx_p are ends / group index of k at [k + off].
-    Returns (cycles, overflow events, group sums)."""
-    rows, cols = ps.shape
+def _os_tables(scaled, live, alpha, ends_k, gidx, n0, nu, rows, width):
+    """Per column fold: line y, slot 1 + c holds, for k = y - (rows - 1) - c, alpha[n0 + c, group of k] if k
+    ends a group (else 0) in `scaled` and 0 if k ends a group (else 1) in `live` (see `os_fold`)."""
+    K = ends_k.size
+    n_lines = scaled.size // width
+    scaled[:] = 0
+    live[:] = 1
+    for y in range(n_lines):
+        for c in range(width - 1):
+            k = y - (rows - 1) - c
+            if 0 <= k < K and ends_k[k]:
+                live[y * width + 1 + c] = 0
+                if c < nu:
+                    scaled[y * width + 1 + c] = alpha[n0 + c, gidx[k]]
+
+
+@njit(cache=True)
+def _os_ports(xports, wports, x, w, p0, pu, n0, nu):
+    """What enters each port at each cycle (skewed): xports[k + r, r] = x[p0 + r, k] (row r's activations),
+    wports[k + c, 1 + c] = w[n0 + c, k] (column c's weights), zero elsewhere."""
     K = x.shape[1]
+    xports[:] = 0
+    wports[:] = 0
+    for r in range(pu):
+        for k in range(K):
+            xports[k + r, r] = x[p0 + r, k]
+    for c in range(nu):
+        for k in range(K):
+            wports[k + c, 1 + c] = w[n0 + c, k]
+
+
+@njit(cache=True)
+def os_fold(xports, wports, K, pu, nu, scaled, live, act, nact, wreg, nwreg, ps, acc, ends_prefix, queue, occ,
+            arrivals, rate, kind, lo, hi, wrap):
+    """The stream phase of one os fold: rows + cols + K - 2 cycles; PE (r, c) meets x[p0 + r, k] and
+    w[n0 + c, k] at cycle k + r + c (xports / wports: `_os_ports`).
+
+    os register files list the PE rows bottom-up: line rows - 1 - r holds PE row r (slot 0 its activation
+    port), line `rows` is the weight port line above row 0; weights move one line down (to line - 1),
+    activations one slot right. Every PE adds a * w to its sum; at a group's last k it adds sum * alpha to
+    its accumulator (one clamp/wrap step) and restarts from 0; elsewhere its alpha and live are 0 and 1,
+    which leaves the accumulator as it is. scaled / live (`_os_tables`): the PE at flat slot f reads
+    [tau * width + f], so one cycle reads one contiguous block and the next cycle the block after it.
+    Returns (cycles, overflow events)."""
+    width = wports.shape[1]
+    rows = act.size // width - 1
+    cols = width - 1
     n_cycles = rows + cols + K - 2
     events = 0
-    sums = 0
+    W, one, top = U(width), U(1), U(rows * width)
     for tau in range(n_cycles):
-        cur = tau & 1
-        nxt = 1 - cur
-        for r in range(rows - 1, -1, -1):
-            j = tau - r
-            a_in = act[nxt, r]
-            a_old = act[cur, r]
-            a_in[0] = x[p0 + r, j] if (r < pu and 0 <= j < K) else 0
-            for c in range(1, cols):
-                a_in[c] = a_old[c - 1]
-            wr = wreg[r]
-            if r > 0:
-                above = wreg[r - 1]
-                for c in range(cols):
-                    wr[c] = above[c]
-            else:
-                for c in range(cols):
-                    k = tau - c
-                    wr[c] = w[n0 + c, k] if (c < nu and 0 <= k < K) else 0
-            p = ps[r]
-            for c in range(cols):
-                p[c] += a_in[c] * wr[c]
-            base = j + off                                  # lane c works on k = j - c
-            for c in range(cols):
-                if ends_p[base - c]:
-                    v = acc[r, c] + p[c] * alpha[n0 + min(c, nu - 1), gidx_p[base - c]]
-                    events += (v < lo) | (v > hi)
-                    acc[r, c] = _keep(v, lo, hi, wrap)
-                    p[c] = 0
-                    if r < pu and c < nu:
-                        sums += 1
-                        if kind == QUEUE_PER_COLUMN:
-                            occ[c] += 1
-                        elif kind == QUEUE_SHARED:
-                            occ[0] += 1
-        _queue_step(occ, rate, kind)
-    return n_cycles, events, sums
+        for r in range(rows):                     # activations enter at the left, row r delayed by r
+            act[(rows - 1 - r) * width] = xports[tau, r]
+        for c in range(width):                    # weights enter at the top, column c delayed by c
+            wreg[top + U(c)] = wports[tau, c]
+        T = U(tau * width)
+        for j in range(top - one):                # every PE (flat slot j + 1)
+            a = act[j]
+            nact[j + one] = a
+            w = wreg[j + one + W]
+            nwreg[j + one] = w
+            s = ps[j + one] + a * w
+            v = acc[j + one] + s * scaled[T + j + one]
+            events += (v < lo) | (v > hi)
+            acc[j + one] = _keep(v, lo, hi, wrap)
+            ps[j + one] = s * live[T + j + one]
+        if queue:                                 # column c's rows r < pu that ended k = tau - r - c
+            for c in range(nu):
+                hi_k, lo_k = min(max(tau - c + 1, 0), K), min(max(tau - c - pu + 1, 0), K)
+                arrivals[c] = ends_prefix[hi_k] - ends_prefix[lo_k]
+            _enqueue(occ, arrivals, nu, rate, kind)
+        act, nact = nact, act
+        wreg, nwreg = nwreg, wreg
+    return n_cycles, events
 
 
 @njit(cache=True)
@@ -359,20 +357,34 @@ def run_os_gemm(x, w, ends_k, gidx, alpha, bias, rows, cols, paper, lo, hi, wrap
     P, K = x.shape
     N = w.shape[0]
     stats = np.zeros(8, np.int64)
-    off = rows + cols
-    ends_p = np.zeros(K + 2 * off, np.bool_)
-    gidx_p = np.zeros(K + 2 * off, np.int64)
-    ends_p[off:off + K] = ends_k
-    gidx_p[off:off + K] = gidx
-    act = np.zeros((2, rows, cols), x.dtype)
-    wreg = np.zeros((rows, cols), w.dtype)
-    ps = np.zeros((rows, cols), psum_proto.dtype)
-    acc = np.zeros((rows, cols), out.dtype)
+    width = cols + 1
+    n = (rows + 1) * width
+    n_cycles = rows + cols + K - 2
+    xports = np.zeros((n_cycles, rows), x.dtype)
+    wports = np.zeros((n_cycles, width), w.dtype)
+    ends_prefix = np.zeros(K + 1, np.int64)
+    for k in range(K):
+        ends_prefix[k + 1] = ends_prefix[k] + ends_k[k]
+    n_ends = ends_prefix[K]
+    scaled = np.zeros((n_cycles + rows - 1) * width, alpha.dtype)
+    live = np.zeros((n_cycles + rows - 1) * width, np.int8)
+    act = np.zeros(n, x.dtype)
+    nact = np.zeros(n, x.dtype)
+    wreg = np.zeros(n, w.dtype)
+    nwreg = np.zeros(n, w.dtype)
+    ps = np.zeros(n, psum_proto.dtype)
+    acc = np.zeros(n, out.dtype)
     occ = np.zeros(cols if kind == QUEUE_PER_COLUMN else 1, np.int64)
-    for p0 in range(0, P, rows):
-        pu = min(rows, P - p0)
-        for n0 in range(0, N, cols):
-            nu = min(cols, N - n0)
+    arrivals = np.zeros(cols, np.int64)
+    for n0 in range(0, N, cols):
+        nu = min(cols, N - n0)
+        _os_tables(scaled, live, alpha, ends_k, gidx, n0, nu, rows, width)
+        for p0 in range(0, P, rows):
+            pu = min(rows, P - p0)
+            most = 0                              # most group ends among pu consecutive k: one column's arrivals
+            for k in range(K):
+                most = max(most, ends_prefix[min(k + pu, K)] - ends_prefix[k])
+            _os_ports(xports, wports, x, w, p0, pu, n0, nu)
             act[:] = 0
             wreg[:] = 0
             ps[:] = 0
@@ -381,30 +393,29 @@ def run_os_gemm(x, w, ends_k, gidx, alpha, bias, rows, cols, paper, lo, hi, wrap
                 for c in range(nu):
                     b = bias[n0 + c]
                     stats[6] += (b < lo) | (b > hi)
-                    acc[r, c] = _keep(b, lo, hi, wrap)
-            stream, ev, sums = os_fold(x, w, p0, pu, n0, nu, ends_p, gidx_p, off, alpha, act, wreg, ps, acc,
-                                       occ, rate, kind, lo, hi, wrap)
+                    acc[(rows - 1 - r) * width + 1 + c] = _keep(b, lo, hi, wrap)
+            stream, ev = os_fold(xports, wports, K, pu, nu, scaled, live, act, nact, wreg, nwreg, ps, acc,
+                                 ends_prefix, _may_stall(most, nu, rate, kind), occ, arrivals, rate, kind, lo, hi,
+                                 wrap)
             stall = _queue_drain(occ, rate) if kind != QUEUE_NONE else 0
             drain = 0
-            if paper:                               # shift the accumulators out of the bottom row
+            if paper:                             # shift the accumulators out of the bottom row (line 0)
                 for step in range(rows):
                     rb = rows - 1 - step
                     for c in range(nu):
                         if rb < pu:
-                            out[p0 + rb, n0 + c] = acc[rows - 1, c]
-                    for r in range(rows - 1, 0, -1):
-                        for c in range(cols):
-                            acc[r, c] = acc[r - 1, c]
+                            out[p0 + rb, n0 + c] = acc[1 + c]
+                    for j in range(rows * width - width):
+                        acc[j] = acc[j + width]
                     drain += 1
             else:
                 for r in range(pu):
                     for c in range(nu):
-                        out[p0 + r, n0 + c] = acc[r, c]
+                        out[p0 + r, n0 + c] = acc[(rows - 1 - r) * width + 1 + c]
             stats[0] += stream + drain
             stats[2] += stream + drain
             stats[3] += stream + drain - K
             stats[5] += stall
             stats[6] += ev
-            stats[7] += sums
+            stats[7] += pu * nu * n_ends            # every real PE scales each of its groups once
     return stats
-

@@ -71,21 +71,40 @@ def compute_cycles(k: int, n: int, p: int, rows: int, cols: int, dataflow: str,
     return gemms * num_folds(sr, sc, rows, cols) * fold_cycles(rows, cols, t, dataflow, os_formula) - 1
 
 
-def effective_k(shape: LayerShape, dataflow: str, zero_weights: str) -> int:
-    """Reduction length the array actually steps through.
+@dataclass(frozen=True)
+class SkipPlan:
+    """`zero_weights: skip` on one layer: per conv group, per column fold, the K indices the fold steps.
 
-    `skip` compresses zero weights out of K where the weights are the operand that moves along K with
-    its own schedule: ws (K on rows: each column keeps only its non-zeros, so fewer row folds) and os
-    (K in time: each column streams only its non-zeros). Each PE then selects its activation from the
-    fold's K window by a stored index (metadata not modelled). Only `zero_fraction` is known, so every
-    column is assumed to hold the expected non-zero count ceil(K * (1 - z)) — optimistic, since a fold
-    really waits for its fullest column. In `is` the activations are stationary and dense along K, so a
-    zero weight can only be gated: no cycles saved.
+    A row of a ws array (a time step of an os array) feeds one activation to every column of the fold,
+    so a K index can only be dropped when all the fold's filters have a zero weight there; the weight
+    compressor drops those (offline, per fold) and the activation fetcher skips them.
     """
-    k = shape.gemm_k
-    if zero_weights != "skip" or SHORT[dataflow] == "is":
-        return k
-    return max(1, math.ceil(k * (1.0 - shape.zero_fraction) - 1e-9))
+
+    kept: tuple[tuple[np.ndarray, ...], ...]
+
+    def folds(self):
+        """(conv group, column fold index, kept K indices) of every column fold."""
+        for g, per_group in enumerate(self.kept):
+            for f, kept in enumerate(per_group):
+                yield g, f, kept
+
+
+def _skip_candidate(shape: LayerShape, hw: Accelerator) -> SkipPlan | None:
+    """The compressed schedule, or None when skip cannot drop anything (gate, is, no weights known, no
+    K index zero across a whole fold). A fold keeps at least one K index (an all-zero fold still runs)."""
+    df = SHORT[hw.array.dataflow]
+    if hw.pe.zero_weights != "skip" or df == "is" or shape.nonzero is None:
+        return None
+    n, cols, k = shape.gemm_n, hw.array.cols, shape.gemm_k
+    kept, dropped = [], False
+    for g in range(shape.groups):
+        per_group = []
+        for n0 in range(0, n, cols):
+            used = np.flatnonzero(shape.nonzero[g * n + n0:g * n + min(n0 + cols, n)].any(axis=0))
+            per_group.append(used if used.size else np.zeros(1, np.int64))
+            dropped |= per_group[-1].size < k
+        kept.append(tuple(per_group))
+    return SkipPlan(tuple(kept)) if dropped else None
 
 
 def _fold_sizes(total: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,17 +115,17 @@ def _fold_sizes(total: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(sizes, dtype=np.int64), np.array(counts, dtype=np.int64)
 
 
-def group_ends(shape: LayerShape, k_eff: int) -> np.ndarray:
-    """K indices (compressed ones with skip) whose PE completes an FGQ group: there the group's exact partial
-    sum leaves the adder chain for a group-scaling multiplier.
+def group_ends(shape: LayerShape, kept: np.ndarray | None = None) -> np.ndarray:
+    """Positions in the stepped K order (all of K, or the `kept` indices with skip) whose PE completes an
+    FGQ group: there the group's exact partial sum leaves the adder chain for a group-scaling multiplier.
 
     Groups are runs of `group_size` channels restarting at every kernel position (int8 layers: one group
-    per kernel position, the numerics contract's datapath). With skip, compressed row r stands for original
-    index floor(r * K / k_eff) (non-zeros spread evenly); an all-zero group is compressed out with its multiply.
+    per kernel position, the numerics contract's datapath). A group whose indices were all dropped by
+    skip is gone with its multiply (its sum would be 0).
     """
-    k, cin = shape.gemm_k, shape.cin_per_group
-    orig = np.arange(k_eff, dtype=np.int64) * k // k_eff
-    seg = (orig // cin) * shape.scale_groups_per_kpos + (orig % cin) // shape.group_size
+    k = np.arange(shape.gemm_k, dtype=np.int64) if kept is None else np.asarray(kept, dtype=np.int64)
+    cin = shape.cin_per_group
+    seg = (k // cin) * shape.scale_groups_per_kpos + (k % cin) // shape.group_size
     return np.flatnonzero(np.append(seg[1:] != seg[:-1], True))
 
 
@@ -142,7 +161,28 @@ def _fold_stall(ends: np.ndarray, width: int, last: int, cols_used: int, rate: i
     return queue_stall((ends[:, None] + np.arange(cols_used)).ravel(), width, last, rate)
 
 
-def group_scale(shape: LayerShape, k_eff: int, hw: Accelerator, t_tile: int) -> tuple[int, int]:
+@dataclass(frozen=True)
+class _FoldClass:
+    """Column folds that step alike: their group ends, stepped K, columns used, and how many there are."""
+
+    ends: np.ndarray
+    k: int
+    cols_used: int
+    count: int
+
+
+def _fold_classes(shape: LayerShape, hw: Accelerator, plan: SkipPlan | None) -> list[_FoldClass]:
+    """Dense: one class per distinct column-fold width (times the conv groups); skip: one per fold."""
+    cols, df = hw.array.cols, hw.array.dataflow
+    if plan is None:
+        ends, k = group_ends(shape), shape.gemm_k
+        sc = gemm_dims(k, shape.gemm_n, shape.gemm_p, df)[1]
+        return [_FoldClass(ends, k, int(cu), int(cc) * shape.groups) for cu, cc in zip(*_fold_sizes(sc, cols))]
+    return [_FoldClass(group_ends(shape, kept), kept.size, min(cols, shape.gemm_n - f * cols), 1)
+            for _, f, kept in plan.folds()]
+
+
+def group_scale(shape: LayerShape, hw: Accelerator, t_tile: int, classes: list[_FoldClass]) -> tuple[int, int]:
     """(group multiplies performed, stall cycles) of the whole layer.
 
     Every group's exact partial sum is multiplied once by its alpha; a group cut by a row-fold boundary
@@ -158,34 +198,34 @@ def group_scale(shape: LayerShape, k_eff: int, hw: Accelerator, t_tile: int) -> 
     """
     rows, cols, df = hw.array.rows, hw.array.cols, SHORT[hw.array.dataflow]
     placement, multipliers = hw.group_scaling.placement, hw.group_scaling.multipliers
-    ends = group_ends(shape, k_eff)
-    mults = shape.groups * ends.size * shape.gemm_n * shape.gemm_p
+    sr, _, t = gemm_dims(shape.gemm_k, shape.gemm_n, shape.gemm_p, df)
+    outputs_per_column = sr if df == "os" else t          # os: pixels on rows; ws/is: the streamed dimension
+    mults = sum(fc.ends.size * fc.cols_used * outputs_per_column * fc.count for fc in classes)
     if placement == "per_pe":
-        return mults, 0
+        return int(mults), 0
     per_column = placement == "per_column"
     rate = multipliers // cols if per_column else multipliers
-    sr, sc, t = gemm_dims(k_eff, shape.gemm_n, shape.gemm_p, df)
-    c_sizes, c_counts = _fold_sizes(sc, cols)
     stall = 0
-    if df == "os":
-        last = t + rows + cols - 3
-        for ru, rc in zip(*_fold_sizes(sr, rows)):
-            if ends.size * ru * (1 if per_column else cols) <= rate:
-                continue  # never more arrivals per cycle than multipliers
-            pes = (ends[:, None] + np.arange(ru)).ravel()
-            stall += sum(rc * cc * _fold_stall(pes, 1, last, cu, rate, per_column) for cu, cc in zip(c_sizes, c_counts))
-        return int(mults), shape.groups * int(stall)
-    windows: dict[bytes, int] = {}
-    for w in np.split(ends % rows, np.searchsorted(ends, np.arange(rows, sr, rows))):
-        windows[w.tobytes()] = windows.get(w.tobytes(), 0) + 1
-    for key, wc in windows.items():
-        w = np.frombuffer(key, dtype=ends.dtype)
-        if w.size * (1 if per_column else cols) <= rate:
+    for fc in classes:
+        ends, cu = fc.ends, fc.cols_used
+        if df == "os":
+            last = fc.k + rows + cols - 3
+            for ru, rc in zip(*_fold_sizes(sr, rows)):
+                if ends.size * ru * (1 if per_column else cols) <= rate:
+                    continue  # never more arrivals per cycle than multipliers
+                pes = (ends[:, None] + np.arange(ru)).ravel()
+                stall += rc * fc.count * _fold_stall(pes, 1, last, cu, rate, per_column)
             continue
-        for tn, tc in zip(*_fold_sizes(t, t_tile)):
-            stall += sum(wc * tc * cc * _fold_stall(w, tn, tn + rows + cols - 3, cu, rate, per_column)
-                         for cu, cc in zip(c_sizes, c_counts))
-    return int(mults), shape.groups * int(stall)
+        windows: dict[bytes, int] = {}
+        for w in np.split(ends % rows, np.searchsorted(ends, np.arange(rows, fc.k, rows))):
+            windows[w.tobytes()] = windows.get(w.tobytes(), 0) + 1
+        for key, wc in windows.items():
+            w = np.frombuffer(key, dtype=ends.dtype)
+            if w.size * (1 if per_column else cols) <= rate:
+                continue
+            for tn, tc in zip(*_fold_sizes(t, t_tile)):
+                stall += wc * tc * fc.count * _fold_stall(w, tn, tn + rows + cols - 3, cu, rate, per_column)
+    return int(mults), int(stall)
 
 
 # --- memory: a roofline per layer --------------------------------------------------------------------
@@ -348,29 +388,31 @@ def _reload_cycles(t_tiles: int, folds: int, rows: int, cols: int, dataflow: str
     return 0 if SHORT[dataflow] == "os" else (t_tiles - 1) * folds * (2 * rows + cols - 2)
 
 
+def skip_plan(shape: LayerShape, hw: Accelerator, os_formula: OsFormula = "scalesim") -> SkipPlan | None:
+    """What the (offline) weight compressor does with `zero_weights: skip`: the compressed schedule, or
+    None to keep the layer dense. It keeps it dense when compressing does not pay: dropping K indices can
+    move group ends across fold boundaries and crowd the multipliers. So skip is never slower than gate."""
+    plan = _skip_candidate(shape, hw)
+    if plan is None:
+        return None
+    compressed = ternary_timing(shape, hw, plan=plan, os_formula=os_formula).total_cycles
+    return plan if compressed < ternary_timing(shape, hw, os_formula=os_formula).total_cycles else None
+
+
 def layer_timing(shape: LayerShape, hw: Accelerator, *, os_formula: OsFormula = "scalesim") -> LayerTiming:
     """One conv/linear layer on the ternary design `hw` (FGQ group size from `shape.group_size`).
 
     Ternary layers: a PE adds/subtracts/skips an act_bits activation per cycle; 2-bit codes plus an
     alpha table of scale_bits. int8-weight layers run on the same array, every MAC an 8-bit multiply at
     one per PE per cycle, their per-channel scale applied per kernel position as the numerics contract
-    writes it (one group per kernel position).
-
-    With `zero_weights: skip` the (offline) weight compressor keeps a layer dense when compressing does
-    not pay: a multiplier-bound layer gains nothing from fewer add cycles, and packing more groups into
-    each fold can crowd the multipliers. So skip is never slower.
+    writes it (one group per kernel position). `zero_weights: skip`: see `skip_plan`.
     """
-    k_eff = effective_k(shape, hw.array.dataflow, hw.pe.zero_weights)
-    timing = ternary_timing(shape, hw, k_eff=k_eff, os_formula=os_formula)
-    if k_eff < shape.gemm_k:
-        dense = ternary_timing(shape, hw, os_formula=os_formula)
-        if dense.total_cycles < timing.total_cycles:
-            return dense
-    return timing
+    return ternary_timing(shape, hw, plan=skip_plan(shape, hw, os_formula), os_formula=os_formula)
 
 
 def ternary_traffic(shape: LayerShape, hw: Accelerator, k_eff: int | None = None) -> _Traffic:
-    """Bytes and T tiling of the layer on the ternary design (2-bit codes or int8 weights + scales)."""
+    """Bytes and T tiling of the layer on the ternary design (2-bit codes or int8 weights + scales);
+    `k_eff`: the K the array steps (skip: the mean over column folds)."""
     k_eff = shape.gemm_k if k_eff is None else k_eff
     w_bits = 8 if shape.weight_kind == "int8" else hw.pe.weight_bits
     weight_bytes = math.ceil(shape.num_weights * w_bits / 8) + math.ceil(shape.num_alphas * hw.group_scaling.scale_bits / 8)
@@ -378,28 +420,39 @@ def ternary_traffic(shape: LayerShape, hw: Accelerator, k_eff: int | None = None
                           hw.pe.act_bits, hw.pe.act_bits, hw.accumulator.bits)
 
 
-def array_cycles(shape: LayerShape, hw: Accelerator, k_eff: int, os_formula: OsFormula, t_tile: int,
+def array_cycles(shape: LayerShape, hw: Accelerator, classes: list[_FoldClass], os_formula: OsFormula, t_tile: int,
                  t_tiles: int) -> ArrayCycles:
-    """The closed forms: compute (SCALE-Sim), group-scale stalls, tile reloads, group multiplies."""
+    """The closed forms: compute (SCALE-Sim), group-scale stalls, tile reloads, group multiplies.
+
+    Dense layers give exactly `compute_cycles` (SCALE-Sim's count); with skip every column fold has its
+    own K: ws/is step ceil(K_fold / rows) row folds of the same length, os one fold per row fold of
+    rows + cols + K_fold - 2 cycles."""
     rows, cols, df = hw.array.rows, hw.array.cols, hw.array.dataflow
-    n, p = shape.gemm_n, shape.gemm_p
-    compute = compute_cycles(k_eff, n, p, rows, cols, df, os_formula, gemms=shape.groups)
-    group_mults, group_stall = group_scale(shape, k_eff, hw, t_tile)
-    folds = shape.groups * num_folds(*gemm_dims(k_eff, n, p, df)[:2], rows, cols)
-    return ArrayCycles(compute, group_stall, _reload_cycles(t_tiles, folds, rows, cols, df), group_mults)
+    sr, _, t = gemm_dims(shape.gemm_k, shape.gemm_n, shape.gemm_p, df)
+    if SHORT[df] == "os":
+        folds = 0
+        stepped = sum(fc.count * math.ceil(sr / rows) * fold_cycles(rows, cols, fc.k, df, os_formula) for fc in classes)
+    else:
+        folds = sum(fc.count * math.ceil(fc.k / rows) for fc in classes)
+        stepped = folds * fold_cycles(rows, cols, t, df, os_formula)
+    group_mults, group_stall = group_scale(shape, hw, t_tile, classes)
+    return ArrayCycles(stepped - 1, group_stall, _reload_cycles(t_tiles, folds, rows, cols, df), group_mults)
 
 
-def ternary_timing(shape: LayerShape, hw: Accelerator, cycles: ArrayCycles | None = None, *, k_eff: int | None = None,
-                   os_formula: OsFormula = "scalesim") -> LayerTiming:
-    """The layer on the ternary design with K stepped as `k_eff` (default: dense); `cycles` from the
+def ternary_timing(shape: LayerShape, hw: Accelerator, cycles: ArrayCycles | None = None, *,
+                   plan: SkipPlan | None = None, os_formula: OsFormula = "scalesim") -> LayerTiming:
+    """The layer on the ternary design, dense or compressed by `plan` (skip); `cycles` from the
     cycle-stepped engine, else from the closed forms. Bytes, memory stalls and energy follow from them."""
     rows, cols, df = hw.array.rows, hw.array.cols, hw.array.dataflow
-    k_eff = shape.gemm_k if k_eff is None else k_eff
     act_bits, acc_bits = hw.pe.act_bits, hw.accumulator.bits
     scale_bits, energy = hw.group_scaling.scale_bits, hw.energy
-    traffic = ternary_traffic(shape, hw, k_eff)
+    classes = _fold_classes(shape, hw, plan)
+    sr, _, t = gemm_dims(shape.gemm_k, shape.gemm_n, shape.gemm_p, df)
+    # MAC slots stepped: K of each column fold * its columns * what streams past them
+    active = sum(fc.k * fc.cols_used * fc.count for fc in classes) * (sr if SHORT[df] == "os" else t)
+    traffic = ternary_traffic(shape, hw, math.ceil(active / (shape.groups * shape.gemm_n * shape.gemm_p)))
     if cycles is None:
-        cycles = array_cycles(shape, hw, k_eff, os_formula, traffic.t_tile, traffic.t_tiles)
+        cycles = array_cycles(shape, hw, classes, os_formula, traffic.t_tile, traffic.t_tiles)
 
     # Zero weights are gated (no add energy) in both modes; only `skip` also saves their cycles.
     nonzero_macs = round(shape.macs * (1.0 - shape.zero_fraction))
@@ -410,7 +463,6 @@ def ternary_timing(shape: LayerShape, hw: Accelerator, cycles: ArrayCycles | Non
     compute_pj = nonzero_macs * per_mac + cycles.group_mults * per_scale
 
     multipliers = rows * cols if hw.group_scaling.placement == "per_pe" else hw.group_scaling.multipliers
-    active = shape.groups * k_eff * shape.gemm_n * shape.gemm_p
     return _finish(shape, "ternary", rows, cols, df, hw.memory, cycles.compute, cycles.group_stall,
                    cycles.tile_reload, traffic, active, cycles.group_mults, multipliers, energy, compute_pj)
 

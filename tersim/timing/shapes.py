@@ -1,4 +1,5 @@
-"""The timing model's view of one conv/linear layer: a handful of integers, no tensors.
+"""The timing model's view of one conv/linear layer: a handful of integers (and, optionally, which
+weights are zero, for `zero_weights: skip`).
 
 A convolution is mapped onto the array as GEMMs (im2col view), one per convolution group:
 
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+import numpy as np
 
 WeightKind = Literal["ternary", "int8"]
 
@@ -42,7 +45,10 @@ class LayerShape:
     groups: int = 1
     weight_kind: WeightKind = "ternary"
     group_size: int = 4            # FGQ N: weights per alpha along the input channels (int8 layers: Cin/groups)
-    zero_fraction: float = 0.0     # fraction of zero weight codes (used by `zero_weights: skip`)
+    zero_fraction: float = 0.0     # fraction of zero weight codes (energy: zero weights are gated)
+    # Which weights are non-zero: bool (out_channels, gemm_k), K in GEMM order (ky, kx, channel). Lets
+    # `zero_weights: skip` find the K indices a column fold can drop; None (no weights known): nothing.
+    nonzero: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for field in ("batch", "in_channels", "in_h", "in_w", "out_channels", "out_h", "out_w",
@@ -60,6 +66,20 @@ class LayerShape:
                              f"got {self.weight_kind!r}")
         if not 0.0 <= self.zero_fraction <= 1.0:
             raise ValueError(f"LayerShape {self.name!r}: zero_fraction must be in [0, 1], got {self.zero_fraction}")
+        if self.nonzero is not None:
+            mask = np.asarray(self.nonzero, dtype=bool)
+            if mask.shape != (self.out_channels, self.gemm_k):
+                raise ValueError(f"LayerShape {self.name!r}: nonzero must be (out_channels, K) = "
+                                 f"({self.out_channels}, {self.gemm_k}), got {mask.shape}")
+            object.__setattr__(self, "nonzero", mask)
+
+    @staticmethod
+    def nonzero_of(weights: np.ndarray) -> np.ndarray:
+        """The `nonzero` mask of conv weights (Cout, Cin/groups, kh, kw) or linear weights (Cout, Cin)."""
+        w = np.asarray(weights)
+        if w.ndim == 4:
+            w = w.transpose(0, 2, 3, 1)
+        return (w != 0).reshape(w.shape[0], -1)
 
     @classmethod
     def linear(cls, name: str, in_features: int, out_features: int, *, batch: int = 1, **kwargs) -> "LayerShape":
