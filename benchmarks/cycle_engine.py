@@ -4,7 +4,8 @@
 
 Prints PE-cycles per second (rows * cols * stepped cycles / wall time, median of --repeats) of the engine
 on representative ResNet-50 layers and on the whole ResNet-50 (224x224, batch 1, hw_configs/default.yaml:
-16x16 weight-stationary, FGQ N=4), the ResNet-50 engine wall time, the analytic model's layers per second
+16x16 weight-stationary, FGQ N=4), `zero_weights: skip` vs gate on one layer (with and without pruned
+channels), the ResNet-50 engine wall time, the analytic model's layers per second
 on the same layers, and their ratio. NUMBA_NUM_THREADS=1: per-core figures (the engine is serial anyway).
 """
 from __future__ import annotations
@@ -61,6 +62,29 @@ def representative_layers(hw, repeats: int, dataflow: str) -> list[str]:
         seconds, r = _median_run(lambda: conv2d_engine(x, codes, alpha, np.zeros(cout, np.int64), **kw), repeats)
         lines.append(f"  {name:<18} {dataflow[:6]:<7} {r.stepped_cycles:>10,} cycles {seconds * 1e3:8.1f} ms "
                      f"{r.pe_cycles / seconds:10.3g} PE-cycles/s")
+    return lines
+
+
+def skip_vs_gate(hw) -> list[str]:
+    """`zero_weights: skip` on the 3x3 64->64 @56 layer: unstructured ternary zeros vs half the input
+    channels pruned (zero in every filter), stepped cycles gate vs skip, checked against the analytic model."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (1, 64, 56, 56)).astype(np.int32)
+    alpha = rng.integers(1, 256, (64, 3, 3, 16)).astype(np.int32)
+    kw = dict(group_size=4, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, acc_bits=32, saturate=True,
+              shift=10, out_lo=0, out_hi=255)
+    lines = []
+    for label, pruned in (("ternary zeros (~1/3)", 0), ("32 of 64 channels pruned", 32)):
+        codes = rng.integers(-1, 2, (64, 64, 3, 3)).astype(np.int8)
+        codes[:, 64 - pruned:] = 0
+        cycles = {}
+        for mode in ("gate", "skip"):
+            h = hw.with_overrides({"pe.zero_weights": mode})
+            r = conv2d_engine(x, codes, alpha, np.zeros(64, np.int64), hw=h, **kw)
+            assert r.cycles.compute == layer_timing(r.shape, h).compute_cycles
+            cycles[mode] = r.stepped_cycles
+        lines.append(f"  {label:<26} gate {cycles['gate']:>9,}  skip {cycles['skip']:>9,} cycles stepped "
+                     f"({cycles['gate'] / cycles['skip']:.2f}x)")
     return lines
 
 
@@ -121,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
            "", "representative layers (random data, N=4, 4 group-scaling multipliers per column):"]
     for df in ("weight_stationary", "input_stationary", "output_stationary"):
         out += representative_layers(hw, args.repeats, df)
+    out += ["", "zero_weights skip vs gate (3x3 64->64 @56, weight stationary; engine == analytic):"] + skip_vs_gate(hw)
     lines, shapes, engine_s = resnet50(hw, args.repeats)
     out += ["", "whole network (weight stationary):"] + lines
     rate = analytic_rate(hw, shapes)

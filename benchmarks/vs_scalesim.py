@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ours_s = time_tersim(layers, hw)
     tern = [layer_timing(s, hw) for s in layers]
     base = [baseline_layer_timing(s, hw) for s in layers]
+    engine_run(layers[0], hw)                          # load the JIT-compiled kernels (Numba cache) first
     start = time.perf_counter()
     engine = [engine_run(s, hw).cycles for s in layers]
     engine_s = time.perf_counter() - start
@@ -129,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"           tersim:    {ours_s * 1e3:.3f} ms ({len(layers) / ours_s:,.0f} layers/s, full model incl. "
           "stalls, bytes, energy)")
     print(f"           ratio:     {theirs.wall_s / ours_s:,.0f}x faster")
-    print(f"           engine:    {engine_s:.2f} s (cycle-stepped, data-carrying; {theirs.wall_s / engine_s:,.1f}x faster "
-          "than SCALE-Sim)")
+    print(f"           engine:    {engine_s:.2f} s (cycle-stepped, data-carrying, kernels loaded; "
+          f"{theirs.wall_s / engine_s:,.1f}x faster than SCALE-Sim)")
     return 0 if all_equal or dataflow == "output_stationary" else 1
 
 

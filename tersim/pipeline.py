@@ -55,7 +55,8 @@ def layer_shape(graph: Graph, layer: QuantizedLayer) -> LayerShape:
     return LayerShape(
         name=node.name, batch=1, in_channels=cin, in_h=h, in_w=w, out_channels=cout, out_h=oh, out_w=ow,
         kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, groups=groups, weight_kind=layer.weight_kind,
-        group_size=layer.group_size, zero_fraction=layer.stats["sparsity"], nonzero=LayerShape.nonzero_of(layer.codes),
+        group_size=layer.group_size, zero_fraction=layer.stats["sparsity"],
+        nonzero=LayerShape.nonzero_of(layer.codes),
     )
 
 

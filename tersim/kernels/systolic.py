@@ -17,10 +17,10 @@ vectorise and pay no reference counting per cycle (see reports/cycle_engine.txt 
   at the left, row r delayed by r cycles (skew), and moves one column right per cycle; partial sums
   move one row down per cycle. A PE adds `stationary * streamed` to the partial sum from above
   (ternary: +x, -x or a gated 0). The PE at the last row of an FGQ group sends the exact group sum to
-  a group-scaling multiplier instead of down (its register is cleared, so the PE below starts from 0); the bottom row's unfinished
-  group sum leaves the array and re-enters at the top in the next row fold (carry), so every group is
-  multiplied once and the accumulator sees the numerics contract's order. Stream phase:
-  T + rows + cols - 2 cycles (fill, T, drain).
+  a group-scaling multiplier instead of down (its register is cleared, so the PE below starts from 0);
+  the bottom row's unfinished group sum leaves the array and re-enters at the top in the next row fold
+  (carry), so every group is multiplied once and the accumulator sees the numerics contract's order.
+  Stream phase: T + rows + cols - 2 cycles (fill, T, drain).
 * os (`run_os_gemm`): pixels on rows, filters on columns, K in time: activations move right, weights
   move down (both skewed), every PE keeps its own partial sum and accumulator; at a group's last k the
   PE's sum is scaled into its accumulator and restarts from 0.
@@ -131,7 +131,7 @@ def stream_fold(stat, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, c
     n_cycles = tn + rows + cols - 2
     events = 0
     queue = _may_stall(end_rows.size, su, rate, kind)
-    accf, cin, cout, sc = acc.reshape(-1), carry_in.reshape(-1), carry_out.reshape(-1), scale.reshape(-1)
+    accf, cout, sc = acc.reshape(-1), carry_out.reshape(-1), scale.reshape(-1)
     W, C = U(width), U(cols)
     for tau in range(n_cycles):
         for r in range(rows):                     # the ports: row r's next element, skewed by r cycles
