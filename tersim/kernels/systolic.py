@@ -201,12 +201,13 @@ def _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
 
 
 @njit(cache=True)
-def _fold_ports(ports, strm, k0, ku, t0, tn):
-    """ports[j + r, r] = strm[k0 + r, t0 + j]: the streamed operand as each row's port sees it (skewed)."""
+def _skew_ports(ports, src, i0, n_i, j0, n_j, slot0):
+    """ports[j + i, slot0 + i] = src[i0 + i, j0 + j], zero elsewhere: what each port line i (a row's or a
+    column's input) sees at each cycle, delayed by i cycles (the skew)."""
     ports[:] = 0
-    for r in range(ku):
-        for j in range(tn):
-            ports[j + r, r] = strm[k0 + r, t0 + j]
+    for i in range(n_i):
+        for j in range(n_j):
+            ports[j + i, slot0 + i] = src[i0 + i, j0 + j]
 
 
 @njit(cache=True)
@@ -250,7 +251,7 @@ def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, 
                 ku = min(rows, K - k0)
                 end_rows = np.flatnonzero(ends_k[k0:k0 + ku])
                 _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
-                _fold_ports(ports, strm, k0, ku, t0, tn)
+                _skew_ports(ports, strm, k0, ku, t0, tn, 0)
                 load = load_stationary(reg, stat_src, s0, su, k0, ku, width)
                 act[:] = 0
                 ps[:] = 0
@@ -290,25 +291,10 @@ def _os_tables(scaled, live, alpha, ends_k, gidx, n0, nu, rows, width):
 
 
 @njit(cache=True)
-def _os_ports(xports, wports, x, w, p0, pu, n0, nu):
-    """What enters each port at each cycle (skewed): xports[k + r, r] = x[p0 + r, k] (row r's activations),
-    wports[k + c, 1 + c] = w[n0 + c, k] (column c's weights), zero elsewhere."""
-    K = x.shape[1]
-    xports[:] = 0
-    wports[:] = 0
-    for r in range(pu):
-        for k in range(K):
-            xports[k + r, r] = x[p0 + r, k]
-    for c in range(nu):
-        for k in range(K):
-            wports[k + c, 1 + c] = w[n0 + c, k]
-
-
-@njit(cache=True)
 def os_fold(xports, wports, K, pu, nu, scaled, live, act, nact, wreg, nwreg, ps, acc, ends_prefix, queue, occ,
             arrivals, rate, kind, lo, hi, wrap):
     """The stream phase of one os fold: rows + cols + K - 2 cycles; PE (r, c) meets x[p0 + r, k] and
-    w[n0 + c, k] at cycle k + r + c (xports / wports: `_os_ports`).
+    w[n0 + c, k] at cycle k + r + c (xports[k + r, r] = x[p0 + r, k], wports[k + c, 1 + c] = w[n0 + c, k]).
 
     os register files list the PE rows bottom-up: line rows - 1 - r holds PE row r (slot 0 its activation
     port), line `rows` is the weight port line above row 0; weights move one line down (to line - 1),
@@ -379,12 +365,13 @@ def run_os_gemm(x, w, ends_k, gidx, alpha, bias, rows, cols, paper, lo, hi, wrap
     for n0 in range(0, N, cols):
         nu = min(cols, N - n0)
         _os_tables(scaled, live, alpha, ends_k, gidx, n0, nu, rows, width)
+        _skew_ports(wports, w, n0, nu, 0, K, 1)     # slot 0 of the weight port line is no column
         for p0 in range(0, P, rows):
             pu = min(rows, P - p0)
             most = 0                              # most group ends among pu consecutive k: one column's arrivals
             for k in range(K):
                 most = max(most, ends_prefix[min(k + pu, K)] - ends_prefix[k])
-            _os_ports(xports, wports, x, w, p0, pu, n0, nu)
+            _skew_ports(xports, x, p0, pu, 0, K, 0)
             act[:] = 0
             wreg[:] = 0
             ps[:] = 0

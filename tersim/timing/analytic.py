@@ -388,15 +388,22 @@ def _reload_cycles(t_tiles: int, folds: int, rows: int, cols: int, dataflow: str
     return 0 if SHORT[dataflow] == "os" else (t_tiles - 1) * folds * (2 * rows + cols - 2)
 
 
-def skip_plan(shape: LayerShape, hw: Accelerator, os_formula: OsFormula = "scalesim") -> SkipPlan | None:
-    """What the (offline) weight compressor does with `zero_weights: skip`: the compressed schedule, or
-    None to keep the layer dense. It keeps it dense when compressing does not pay: dropping K indices can
-    move group ends across fold boundaries and crowd the multipliers. So skip is never slower than gate."""
+def _skip_choice(shape: LayerShape, hw: Accelerator, os_formula: OsFormula) -> tuple[SkipPlan | None, LayerTiming]:
+    """The (offline) weight compressor's choice with `zero_weights: skip` and the layer's timing under it.
+    It keeps the layer dense unless compressing is strictly faster: dropping K indices can move group ends
+    across fold boundaries and crowd the multipliers. So skip is never slower than gate."""
+    dense = ternary_timing(shape, hw, os_formula=os_formula)
     plan = _skip_candidate(shape, hw)
-    if plan is None:
-        return None
-    compressed = ternary_timing(shape, hw, plan=plan, os_formula=os_formula).total_cycles
-    return plan if compressed < ternary_timing(shape, hw, os_formula=os_formula).total_cycles else None
+    if plan is not None:
+        compressed = ternary_timing(shape, hw, plan=plan, os_formula=os_formula)
+        if compressed.total_cycles < dense.total_cycles:
+            return plan, compressed
+    return None, dense
+
+
+def skip_plan(shape: LayerShape, hw: Accelerator, os_formula: OsFormula = "scalesim") -> SkipPlan | None:
+    """The compressed schedule `zero_weights: skip` steps for this layer, or None to keep it dense."""
+    return _skip_choice(shape, hw, os_formula)[0]
 
 
 def layer_timing(shape: LayerShape, hw: Accelerator, *, os_formula: OsFormula = "scalesim") -> LayerTiming:
@@ -405,9 +412,9 @@ def layer_timing(shape: LayerShape, hw: Accelerator, *, os_formula: OsFormula = 
     Ternary layers: a PE adds/subtracts/skips an act_bits activation per cycle; 2-bit codes plus an
     alpha table of scale_bits. int8-weight layers run on the same array, every MAC an 8-bit multiply at
     one per PE per cycle, their per-channel scale applied per kernel position as the numerics contract
-    writes it (one group per kernel position). `zero_weights: skip`: see `skip_plan`.
+    writes it (one group per kernel position). `zero_weights: skip`: see `_skip_choice`.
     """
-    return ternary_timing(shape, hw, plan=skip_plan(shape, hw, os_formula), os_formula=os_formula)
+    return _skip_choice(shape, hw, os_formula)[1]
 
 
 def ternary_traffic(shape: LayerShape, hw: Accelerator, k_eff: int | None = None) -> _Traffic:
