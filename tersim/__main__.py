@@ -1,5 +1,11 @@
+"""`python -m tersim`: Ctrl-C at any moment, even while torch is still importing, is one line and exit 130."""
 import sys
 
-from tersim.cli import main
+try:
+    from tersim.cli import main
 
-sys.exit(main())
+    code = main()
+except KeyboardInterrupt:
+    print("tersim: interrupted", file=sys.stderr)
+    code = 130
+sys.exit(code)

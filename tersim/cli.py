@@ -1,28 +1,63 @@
 """Command line: `python -m tersim {run,verify,sweep} HW.yaml MODEL [options]`, `python -m tersim finetune MODEL`,
 `python -m tersim plot FILE...`, `python -m tersim export-zoo NAME -o FILE.pt2`.
 
-Any TersimError (bad file, field, graph node) becomes one line on stderr and exit code 2.
+Any TersimError (bad file, field, graph node) and any usage error becomes one line on stderr and exit code 2;
+Ctrl-C, even during start-up, one line and exit code 130.
 """
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
+import warnings
 from pathlib import Path
 
 from tersim.errors import TersimError
 
+_LINE_BREAKS = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line `tersim CMD: error: ...` and exit code 2 (argparse prints a usage block)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {one_line_text(message)} (see {self.prog} --help)\n")
+
+
+def one_line_text(text: str) -> str:
+    """`text` with any line break replaced by a space: an error message must stay one line."""
+    return _LINE_BREAKS.sub(" ", str(text)).strip()
+
 
 def input_shape_arg(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in text.split(","))
+        shape = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--input-shape wants comma-separated ints like 1,8,8, got '{text}'") from None
+    if any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(f"--input-shape wants positive ints like 3,32,32, got '{text}'")
+    return shape
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: '{text}'") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """A float that is a number (no inf or nan): a learning rate or weight of inf trains to NaN."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: '{text}'") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got '{text}'")
     return value
 
 
@@ -42,7 +77,7 @@ def _add_model_args(p: argparse.ArgumentParser, one_point: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tersim", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="tersim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="ternarize, execute and time a model; print and write the report")
@@ -72,13 +107,15 @@ def _model_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from tersim.files import ensure_dir, safe_name
     from tersim.pipeline import run
-    from tersim.report.tables import format_layers, format_summary, write_atomic
+
+    ensure_dir(args.out)  # a bad --out fails now, not after the work    from tersim.report.tables import format_layers, format_summary, write_atomic
 
     result = run(args.hw, args.model, batch_size=args.batch_size, progress=sys.stderr.isatty(), timing=args.timing,
                  group_size=args.group_size, act_bits=args.act_bits, **_model_options(args))
     s = result.summary.iloc[0]
-    stem = f"{s.model}_{s.hw}_N{s.group_size}_a{s.act_bits}"
+    stem = safe_name(f"{s.model}_{s.hw}_N{s.group_size}_a{s.act_bits}")  # model and hw names come from input
     print(f"tersim run: {s.model} on {s.hw}, FGQ N={s.group_size}, {s.act_bits}-bit activations, {s.samples} samples\n")
     print(format_layers(result.layers))
     sources = ", ".join(f"{n} layer(s) {src}" for src, n in result.layers.timing.value_counts().items())
@@ -140,8 +177,10 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from tersim.report.tables import sweep_headline
+    from tersim.files import ensure_dir
     from tersim.sweeps import parse_set, run_sweep, write_reports
 
+    ensure_dir(args.out)  # a bad --out fails now, not after the work
     cache_dir = None if args.no_cache else (args.cache_dir or Path(args.out) / ".cache")
     result = run_sweep(args.hw, args.model, args.group_sizes, args.act_bits, overrides=parse_set(args.overrides),
                        timing_only=args.timing_only, cache_dir=cache_dir, jobs=args.jobs, workers=args.workers,
@@ -177,14 +216,19 @@ def cmd_export_zoo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         from tersim.finetune.cli import cmd_finetune
 
-        return {"run": cmd_run, "verify": cmd_verify, "sweep": cmd_sweep, "plot": cmd_plot,
-                "export-zoo": cmd_export_zoo, "finetune": cmd_finetune}[args.command](args)
+        command = {"run": cmd_run, "verify": cmd_verify, "sweep": cmd_sweep, "plot": cmd_plot,
+                   "export-zoo": cmd_export_zoo, "finetune": cmd_finetune}[args.command]
+        with warnings.catch_warnings(record=True) as caught:
+            code = command(args)
+        for w in caught:  # shown after success; an error is one line, without torch's warnings
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return code
     except TersimError as exc:
-        print(f"tersim: error: {exc}", file=sys.stderr)
+        print(f"tersim: error: {one_line_text(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("tersim: interrupted", file=sys.stderr)

@@ -31,3 +31,11 @@ class DataError(TersimError):
 
 class EngineError(TersimError, ValueError):
     """The cycle-stepped engine cannot run a layer (bad input, unsupported mode) or disagrees with a model."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name if it has none): for one-line errors."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from tersim.config import Accelerator, load_accelerator
-from tersim.data import load_inputs, synthetic_inputs
+from tersim.data import load_inputs, model_classes, synthetic_inputs
 from tersim.engine.counts import layer_counts
 from tersim.engine.cycle_engine import LayerSimulation, simulate_network
 from tersim.engine.execute import dequantize_output, execute
@@ -96,7 +96,7 @@ def prepare(
     if data is None:
         x, y = synthetic_inputs(graph.input_shape, SYNTHETIC_SAMPLES), None
     else:
-        x, y = load_inputs(data, graph.input_shape)
+        x, y = load_inputs(data, graph.input_shape, model_classes(graph))
     if limit is not None:
         x, y = x[:limit], (y[:limit] if y is not None else None)
     calibration = list(_batches(x, CALIBRATION_BATCH))[: hw.quantization.calibration_batches]

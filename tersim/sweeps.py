@@ -27,9 +27,10 @@ import yaml
 
 from tersim import __version__
 from tersim.config import Accelerator, load_accelerator
-from tersim.errors import ConfigError, TersimError
+from tersim.config.hardware import parse_yaml
+from tersim.errors import ConfigError, TersimError, one_line
 from tersim.report.optional import require
-from tersim.report.tables import atomic_file
+from tersim.files import ensure_dir, safe_name, write_text_atomic
 from tersim.frontend import Graph
 
 KEY_COLUMNS = ("model", "hw", "group_size", "act_bits")
@@ -46,7 +47,7 @@ def parse_set(items: Sequence[str]) -> dict[str, list]:
         if not sep or not path.strip() or not values.strip():
             raise ConfigError(f"--set '{item}': expected FIELD.PATH=VALUE[,VALUE...], e.g. array.rows=8,16")
         try:
-            overrides[path.strip()] = [yaml.safe_load(v) for v in values.split(",")]
+            overrides[path.strip()] = [parse_yaml(v) for v in values.split(",")]
         except yaml.YAMLError:
             raise ConfigError(f"--set '{item}': field '{path.strip()}': values are not YAML scalars") from None
     return overrides
@@ -139,7 +140,7 @@ class PointCache:
     """Finished points by key in `directory` (JSON, no pickle: a cache file cannot run code)."""
 
     def __init__(self, directory: str | Path | None):
-        self.directory = Path(directory) if directory is not None else None
+        self.directory = ensure_dir(directory, "cache folder") if directory is not None else None
 
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}.json"
@@ -149,16 +150,18 @@ class PointCache:
             return None
         try:
             blob = json.loads(self._path(key).read_text())
-            return PointResult(blob["summary"], pd.DataFrame(blob["layers"]["data"], columns=blob["layers"]["columns"]))
-        except (ValueError, KeyError, TypeError):
-            return None  # a damaged entry is recomputed
+            summary, layers = blob["summary"], blob["layers"]
+            if not isinstance(summary, dict) or not {"model", "hw"} <= set(summary):
+                return None
+            return PointResult(summary, pd.DataFrame(layers["data"], columns=layers["columns"]))
+        except (ValueError, KeyError, TypeError, AssertionError, OSError):
+            return None  # a damaged or foreign entry is recomputed
 
     def put(self, key: str, result: PointResult) -> None:
         if self.directory is None:
             return
         blob = {"summary": result.summary, "layers": result.layers.to_dict("split", index=False)}
-        with atomic_file(self._path(key)) as tmp:
-            Path(tmp).write_text(json.dumps(blob, default=_native))
+        write_text_atomic(self._path(key), json.dumps(blob, default=_native))
 
 
 def _native(value: object) -> object:
@@ -254,8 +257,8 @@ def _dask(tasks: list[Task], graph: Graph, data, settings: Settings, dask: objec
             owned.append(LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None))
         try:
             client = Client(dask if dask is not None else owned[0], timeout="20s")
-        except OSError as exc:
-            raise TersimError(f"--dask {dask}: cannot reach the scheduler: {exc}") from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise TersimError(f"--dask {dask}: cannot reach the scheduler: {one_line(exc)}") from None
         owned.insert(0, client)
     futures = []
     try:
@@ -291,9 +294,9 @@ def _load_model(model: Graph | str | Path, input_shape, trust_pickle: bool) -> G
 
 
 def _load_data(data, graph: Graph) -> tuple[np.ndarray, np.ndarray | None] | None:
-    from tersim.data import load_inputs
+    from tersim.data import load_inputs, model_classes
 
-    return None if data is None else load_inputs(data, graph.input_shape)
+    return None if data is None else load_inputs(data, graph.input_shape, model_classes(graph))
 
 
 def is_zoo_name(model: object) -> bool:
@@ -420,8 +423,7 @@ def sweep(hw: Accelerator | str | Path, model: Graph | str | Path, group_sizes: 
 # --- writing ------------------------------------------------------------------------------------------------
 def report_stem(points: pd.DataFrame) -> str:
     """`<model>_<hw>_sweep`, safe as a file name."""
-    name = f"{points.model.iloc[0]}_{points.hw.iloc[0]}_sweep"
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return safe_name(f"{points.model.iloc[0]}_{points.hw.iloc[0]}_sweep")
 
 
 def write_reports(result: SweepResult, out: str | Path) -> list[Path]:

@@ -1,10 +1,14 @@
 """The accelerator description: one validated, typed object read from a YAML file.
 
-Every field names its unit. Unknown keys are rejected; errors name the file and the field path.
+Every field names its unit. Unknown keys are rejected; errors name the file and the field path. Types are strict
+(`rows: true` is not 1, `clock_mhz: "fast"` is not a number; an int is fine where a float is wanted) and every
+number is finite. The YAML is read defensively (see `read_yaml_mapping`): a size cap, UTF-8 only, no duplicate
+keys, bounded nesting, safe tags only.
 Default energies/areas: M. Horowitz, "Computing's energy problem", ISSCC 2014 (45 nm, 0.9 V).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -16,8 +20,13 @@ from tersim.errors import ConfigError
 Dataflow = Literal["weight_stationary", "output_stationary", "input_stationary"]
 
 
+MAX_CONFIG_BYTES = 256 * 1024  # a hardware config is a few KB; a cap keeps a huge file from being parsed for minutes
+MAX_NESTING = 32  # the schema is 3 levels deep; a 50,000-deep document must not reach Python's recursion limit
+MAX_MAGNITUDE = 1e12  # areas, energies, clocks, buffer sizes: far beyond any real design, far below float overflow
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ArrayConfig(_Strict):
@@ -54,10 +63,10 @@ class AccumulatorConfig(_Strict):
 
 
 class MemoryConfig(_Strict):
-    weight_buffer_kib: float = Field(64, gt=0, description="weight SRAM (2-bit codes + alpha table), KiB")
-    activation_buffer_kib: float = Field(128, gt=0, description="input activation SRAM, KiB")
-    output_buffer_kib: float = Field(64, gt=0, description="output/partial-sum SRAM, KiB")
-    dram_bytes_per_cycle: float = Field(16, gt=0, description="DRAM bandwidth, bytes per clock cycle")
+    weight_buffer_kib: float = Field(64, gt=0, le=MAX_MAGNITUDE, description="weight SRAM (2-bit codes + alpha table), KiB")
+    activation_buffer_kib: float = Field(128, gt=0, le=MAX_MAGNITUDE, description="input activation SRAM, KiB")
+    output_buffer_kib: float = Field(64, gt=0, le=MAX_MAGNITUDE, description="output/partial-sum SRAM, KiB")
+    dram_bytes_per_cycle: float = Field(16, gt=0, le=MAX_MAGNITUDE, description="DRAM bandwidth, bytes per clock cycle")
     double_buffering: bool = True
 
 
@@ -75,43 +84,43 @@ class BaselineConfig(_Strict):
     """The FP32 design the speedup is measured against, simulated with the same timing model."""
 
     array: ArrayConfig = ArrayConfig()
-    clock_mhz: float = Field(1000, gt=0)
+    clock_mhz: float = Field(1000, gt=0, le=MAX_MAGNITUDE)
     memory: MemoryConfig = MemoryConfig(weight_buffer_kib=256, activation_buffer_kib=256, output_buffer_kib=128)
 
 
 class AreaTable(_Strict):
-    """Relative areas (um^2 at 45 nm, Horowitz ISSCC 2014)."""
+    """Relative areas (um^2 at 45 nm, Horowitz ISSCC 2014); each finite and > 0."""
 
-    fp32_mult_um2: float = 7700
-    fp32_add_um2: float = 4184
-    int8_mult_um2: float = 282
-    int8_add_um2: float = 36
-    int16_add_um2: float = 67
-    int32_add_um2: float = 137
+    fp32_mult_um2: float = Field(7700, gt=0, le=MAX_MAGNITUDE)
+    fp32_add_um2: float = Field(4184, gt=0, le=MAX_MAGNITUDE)
+    int8_mult_um2: float = Field(282, gt=0, le=MAX_MAGNITUDE)
+    int8_add_um2: float = Field(36, gt=0, le=MAX_MAGNITUDE)
+    int16_add_um2: float = Field(67, gt=0, le=MAX_MAGNITUDE)
+    int32_add_um2: float = Field(137, gt=0, le=MAX_MAGNITUDE)
     register_bit_um2: float = Field(
-        4.52, description="one flip-flop (stationary operand register bit): NanGate 45 nm DFF_X1"
+        4.52, gt=0, le=MAX_MAGNITUDE, description="one flip-flop (stationary operand register bit): NanGate 45 nm DFF_X1"
     )
 
 
 class EnergyTable(_Strict):
-    """Per-operation and per-byte energies in pJ (Horowitz ISSCC 2014, 45 nm)."""
+    """Per-operation and per-byte energies in pJ (Horowitz ISSCC 2014, 45 nm); each finite and > 0."""
 
-    fp32_mult_pj: float = 3.7
-    fp32_add_pj: float = 0.9
-    int8_mult_pj: float = 0.2
-    int8_add_pj: float = 0.03
-    int16_add_pj: float = 0.05
-    int32_add_pj: float = 0.1
-    int32_mult_pj: float = 3.1
-    sram_pj_per_byte: float = Field(2.5, description="32 KiB SRAM: 20 pJ per 64-bit access")
-    dram_pj_per_byte: float = Field(162.5, description="DRAM: 1.3 nJ per 64-bit access")
+    fp32_mult_pj: float = Field(3.7, gt=0, le=MAX_MAGNITUDE)
+    fp32_add_pj: float = Field(0.9, gt=0, le=MAX_MAGNITUDE)
+    int8_mult_pj: float = Field(0.2, gt=0, le=MAX_MAGNITUDE)
+    int8_add_pj: float = Field(0.03, gt=0, le=MAX_MAGNITUDE)
+    int16_add_pj: float = Field(0.05, gt=0, le=MAX_MAGNITUDE)
+    int32_add_pj: float = Field(0.1, gt=0, le=MAX_MAGNITUDE)
+    int32_mult_pj: float = Field(3.1, gt=0, le=MAX_MAGNITUDE)
+    sram_pj_per_byte: float = Field(2.5, gt=0, le=MAX_MAGNITUDE, description="32 KiB SRAM: 20 pJ per 64-bit access")
+    dram_pj_per_byte: float = Field(162.5, gt=0, le=MAX_MAGNITUDE, description="DRAM: 1.3 nJ per 64-bit access")
 
 
 class Accelerator(_Strict):
     """The whole hardware description (see hw_configs/*.yaml for commented examples)."""
 
-    name: str = "tersim"
-    clock_mhz: float = Field(1000, gt=0)
+    name: str = Field("tersim", min_length=1, max_length=200, description="used in report file names (sanitised)")
+    clock_mhz: float = Field(1000, gt=0, le=MAX_MAGNITUDE)
     array: ArrayConfig = ArrayConfig()
     pe: TernaryPEConfig = TernaryPEConfig()
     group_scaling: GroupScalingConfig = GroupScalingConfig()
@@ -162,17 +171,76 @@ def _validate(data: object, source: str) -> Accelerator:
         raise ConfigError(f"{source}: field '{where}': {err['msg']}{more}") from None
 
 
-def load_accelerator(path: str | Path) -> Accelerator:
-    """Read and validate a hardware YAML file; raise ConfigError naming the file and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: hardware config not found")
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys (naming key and line) and deep nesting, and reads `1e3` as a
+    float (YAML 1.2; PyYAML's 1.1 rules would make it the string '1e3', which strict types then refuse)."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_NESTING:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(f"nesting deeper than {MAX_NESTING} levels at line {mark.line + 1}")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key (a list or mapping): yaml reports it below
+                continue
+            if first is not None:
+                raise yaml.YAMLError(f"duplicate key '{key}' at line {key_node.start_mark.line + 1} "
+                                     f"(first at line {first})")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def parse_yaml(text: str) -> object:
+    """One YAML document with tersim's rules (safe tags, no duplicate keys, bounded nesting); YAMLError if bad."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise yaml.YAMLError(f"nesting too deep (more than {MAX_NESTING} levels)") from None
+
+
+def read_yaml_mapping(path: str | Path, what: str = "hardware config") -> dict:
+    """The top-level mapping of a small YAML file, read defensively; ConfigError naming the file otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; expected a {what} YAML file")
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; a {what} is a small YAML file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); a {what} is a YAML text file") from None
+    try:
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())[:300]}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of fields")
-    return _validate(data, str(path))
+    return data
+
+
+def load_accelerator(path: str | Path) -> Accelerator:
+    """Read and validate a hardware YAML file; raise ConfigError naming the file and field."""
+    return _validate(read_yaml_mapping(path), str(path))

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tersim.cli import input_shape_arg, positive_int
+from tersim.cli import finite_float, input_shape_arg, positive_int
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DEFAULT_TRAIN = EXAMPLES / "digits_train.npz"
@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="ternarization rule, `run --method` (default: from the hw config)")
     p.add_argument("--first-last", choices=("int8", "ternary"), help="first/last layer weights (default: config)")
     p.add_argument("--epochs", type=positive_int, default=10, help="training epochs (default: 10)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine-decayed to 0 (default: 1e-3)")
+    p.add_argument("--lr", type=finite_float, default=1e-3, help="Adam learning rate, cosine-decayed to 0 (default: 1e-3)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="(default: 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     p.add_argument("--checkpoint-dir", help="write DIR/epoch_NNN.pt after each epoch, keeping the newest 2 "
@@ -52,12 +52,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                     "all other options must be the same as in the interrupted run")
     g = p.add_argument_group("method options (see `reports/finetune.md`)")
     g.add_argument("--schedule", help="progressive: stages, e.g. w8,w4,wt,wt+a8 (default; +a4 stage for 4-bit acts)")
-    g.add_argument("--sp-start", type=float, default=0.5, help="stochastic: fraction of layers quantized at first")
-    g.add_argument("--sp-full", type=float, default=0.2, help="stochastic: final fraction of steps fully quantized")
-    g.add_argument("--kd-lambda", type=float, default=1.0, help="kd: weight of the distillation term")
-    g.add_argument("--kd-temperature", type=float, default=2.0, help="kd: softmax temperature")
+    g.add_argument("--sp-start", type=finite_float, default=0.5, help="stochastic: fraction of layers quantized at first")
+    g.add_argument("--sp-full", type=finite_float, default=0.2, help="stochastic: final fraction of steps fully quantized")
+    g.add_argument("--kd-lambda", type=finite_float, default=1.0, help="kd: weight of the distillation term")
+    g.add_argument("--kd-temperature", type=finite_float, default=2.0, help="kd: softmax temperature")
     g.add_argument("--kd-features", type=_names, default=(), help="kd: IR node names to match, comma-separated")
-    g.add_argument("--kd-feature-weight", type=float, default=1.0, help="kd: weight of the feature term")
+    g.add_argument("--kd-feature-weight", type=finite_float, default=1.0, help="kd: weight of the feature term")
     g.add_argument("--kd-teacher", choices=("joint", "frozen"), default="joint",
                    help="kd: train the FP32 teacher alongside (default) or keep it frozen")
     p.add_argument("--no-engine-eval", action="store_true",
@@ -67,14 +67,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load(path: Path, graph, what: str):
-    from tersim.data import check_input_shape, load_dataset
+    from tersim.data import check_input_shape, check_labels, load_dataset, model_classes
     from tersim.errors import DataError
 
-    try:
-        x, y = load_dataset(path)
-    except DataError as exc:  # keep it to one line (torch.load's messages run over many)
-        raise DataError(str(exc).strip().splitlines()[0].strip()) from None
+    x, y = load_dataset(path)
     check_input_shape(x, graph.input_shape, f"{what} {path}")
+    check_labels(y, model_classes(graph), f"{what} {path}")
     if y is None:
         raise DataError(f"{path}: no array 'y' (labels): fine-tuning needs labelled data")
     return x, y

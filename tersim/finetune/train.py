@@ -21,8 +21,6 @@ import copy
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch.nn.functional as F
 from tersim.config import Accelerator
 from tersim.data import check_input_shape
 from tersim.errors import DataError
+from tersim.files import write_bytes_atomic
 from tersim.finetune.graph_module import FLOAT_PLAN, FloatExport, GraphNet
 from tersim.finetune.methods import (METHODS, FinetuneError, JointKD, Method, Progressive, Stochastic,
                                      parse_schedule, default_schedule)
@@ -289,19 +288,6 @@ def finetune(
 
 # ---------------------------------------------------------------------------------------- checkpoints
 
-def _atomic_write(path: Path, write: Callable) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _config_dict(cfg: FinetuneConfig) -> dict:
     d = asdict(cfg)
     d["kd_features"] = list(d["kd_features"])
@@ -317,7 +303,7 @@ def save_checkpoint(directory: Path, epoch: int, cfg: FinetuneConfig, fingerprin
     if teacher is not None:
         state["teacher"], state["teacher_opt"] = teacher.state_dict(), teacher_opt.state_dict()
     path = directory / f"epoch_{epoch:03d}.pt"
-    _atomic_write(path, lambda f: torch.save(state, f))
+    write_bytes_atomic(path, lambda f: torch.save(state, f))
     for old in sorted(directory.glob("epoch_*.pt"))[:-KEEP_CHECKPOINTS]:
         old.unlink()
     return path
@@ -394,7 +380,7 @@ def save_model(result: FinetuneResult, path: str | Path) -> Path:
     path = Path(path)
     ep = export_program(result.net)
     extra = {METADATA_FILE: json.dumps(metadata(result), indent=1, default=float)}
-    _atomic_write(path, lambda f: torch.export.save(ep, f, extra_files=extra))
+    write_bytes_atomic(path, lambda f: torch.export.save(ep, f, extra_files=extra))
     check_round_trip(result, path)
     return path
 

@@ -2,7 +2,8 @@
 
 Formats, detected from the content (not the extension), or a name from tersim.models.zoo:
   * torch.export archive (`torch.export.save`, a zip holding `archive_format` = "pt2"): the primary format.
-    `torch.export.load` still unpickles some parts, so only load files you made or trust.
+    Checked by tersim.frontend.pt2_guard before torch.export.load runs: members torch would unpickle are refused
+    without `trust_pickle`, and the load runs with torch.load forced weights-only.
   * TorchScript (`torch.jit.save`, a zip holding `constants.pkl` and `code/`): legacy, converted with
     `torch._export.converter.TS2EPConverter`; needs `input_shape`.
   * `torch.save` files: loaded with `weights_only=True` first. A state_dict is refused (no architecture);
@@ -10,17 +11,24 @@ Formats, detected from the content (not the extension), or a name from tersim.mo
 """
 from __future__ import annotations
 
-import io
 import pickle
 import warnings
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tersim.errors import ModelLoadError
 from tersim.frontend.ir import Graph
 from tersim.frontend.lower import _first_line, export_and_lower, lower_exported, lower_module
+from tersim.frontend.pt2_guard import quiet_torch, guarded_load, read_prefix
+
+# legacy (pre-zip) torch.save files start with torch's magic number, pickled with protocol 2
+LEGACY_TORCH_SAVE = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+MAX_INPUT_ELEMENTS = 1 << 28  # per-sample input elements (C*H*W) accepted for a re-export: 1 GiB of float32
+ACCEPTED = ("tersim reads a torch.export archive (torch.export.save, .pt2), TorchScript (torch.jit.save, with "
+            "--input-shape) or a zoo name")
 
 EXAMPLE_BATCH = 2  # batch used to export/convert; > 1 so torch does not specialise the batch size to 1
 STATE_DICT_HINT = ("tersim needs the architecture, not only the weights: build the model in Python, load the "
@@ -35,60 +43,88 @@ def import_model(path: str | Path, *, input_shape: tuple[int, ...] | None = None
     """
     path = Path(path)
     name = path.stem
+    if input_shape is not None:
+        input_shape = check_input_shape_arg(input_shape, str(path))
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a folder, not a model file; {ACCEPTED}")
     if not path.is_file():
         from tersim.models.zoo import ZOO, build
 
         if str(path) in ZOO:
             shape = input_shape or ZOO[str(path)].input_shape
-            return lower_module(build(str(path)), torch.randn(EXAMPLE_BATCH, *shape), str(path))
+            return _checked(lower_module(build(str(path)), torch.randn(EXAMPLE_BATCH, *shape), str(path)), path)
         raise ModelLoadError(f"{path}: model file not found (and not a zoo name: {', '.join(ZOO)})")
-    if input_shape is not None:
-        input_shape = tuple(int(d) for d in input_shape)
-        if not input_shape or any(d <= 0 for d in input_shape):
-            raise ModelLoadError(f"{path}: invalid input shape {input_shape}")
     kind = _detect(path)
     if kind == "export":
-        return _load_exported(path, name, input_shape)
-    if kind == "torchscript":
-        return _load_torchscript(path, name, input_shape)
-    return _load_torch_save(path, name, input_shape, trust_pickle)
+        graph = _load_exported(path, name, input_shape, trust_pickle)
+    elif kind == "torchscript":
+        graph = _load_torchscript(path, name, input_shape)
+    else:
+        graph = _load_torch_save(path, name, input_shape, trust_pickle)
+    return _checked(graph, path)
+
+
+def check_input_shape_arg(input_shape: tuple, source: str) -> tuple[int, ...]:
+    """A per-sample input shape: positive ints, not absurdly large."""
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        raise ModelLoadError(f"{source}: invalid input shape {input_shape!r}: expected positive ints C,H,W") from None
+    if not shape or any(d <= 0 for d in shape) or any(d != v for d, v in zip(shape, input_shape)):
+        raise ModelLoadError(f"{source}: invalid input shape {input_shape}: expected positive ints like 3,32,32")
+    if int(np.prod(shape, dtype=np.float64)) > MAX_INPUT_ELEMENTS:
+        raise ModelLoadError(f"{source}: input shape {shape} has more than {MAX_INPUT_ELEMENTS} elements per sample")
+    return shape
+
+
+def _checked(graph: Graph, path: Path) -> Graph:
+    """A lowered model tersim can ternarize: at least one conv/linear layer, finite weights and biases."""
+    weighted = graph.weighted()
+    if not weighted:
+        raise ModelLoadError(f"{path}: the model has no conv2d or linear layer: nothing to ternarize")
+    for node in weighted:
+        for what, arr in (("weight", node.weight), ("bias", node.bias)):
+            if arr is not None and not np.isfinite(arr).all():
+                raise ModelLoadError(f"{path}: node '{node.name}': {what} holds NaN or infinite values")
+    return graph
 
 
 def _detect(path: Path) -> str:
-    """'export' | 'torchscript' | 'torch_save' from the file's content."""
-    if zipfile.is_zipfile(path):
+    """'export' | 'torchscript' | 'torch_save' from the file's content (member names and a few bytes only)."""
+    with open(path, "rb") as fh:
+        head = fh.read(len(LEGACY_TORCH_SAVE))
+    if head[:2] == b"PK":
         try:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
                 fmt = [n for n in names if n == "archive_format" or n.endswith("/archive_format")]
-                if fmt and zf.read(fmt[0]).strip() == b"pt2":
+                if fmt and read_prefix(zf, fmt[0], 16).strip() == b"pt2":
                     return "export"
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise ModelLoadError(f"{path}: unreadable zip archive: {exc}") from exc
+        except Exception as exc:  # BadZipFile, EOFError, zlib.error, NotImplementedError, ...
+            raise ModelLoadError(f"{path}: a damaged zip file ({type(exc).__name__}: {_first_line(exc)}); "
+                                 f"{ACCEPTED}") from None
         if any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names):
             return "torchscript"
         if any(n.endswith("data.pkl") for n in names):
             return "torch_save"
-        raise ModelLoadError(f"{path}: a zip file but not a PyTorch model (torch.export / TorchScript / torch.save)")
-    with open(path, "rb") as fh:
-        head = fh.read(2)
-    if head[:1] == b"\x80":  # pickle protocol marker: legacy (non-zip) torch.save
+        if any(n.endswith(".npy") for n in names):
+            raise ModelLoadError(f"{path}: a NumPy .npz archive (data, not a model); {ACCEPTED}")
+        raise ModelLoadError(f"{path}: a zip file but not a PyTorch model; {ACCEPTED}")
+    if head == LEGACY_TORCH_SAVE:
         return "torch_save"
-    raise ModelLoadError(f"{path}: not a recognised model file (expected a torch.export archive, "
-                         "TorchScript or a torch.save file)")
+    what = "an empty file" if not head else "a NumPy .npy array" if head.startswith(b"\x93NUMPY") else \
+        "not a model file"
+    raise ModelLoadError(f"{path}: {what}; {ACCEPTED}")
 
 
 def _example(input_shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn((EXAMPLE_BATCH, *input_shape), generator=torch.Generator().manual_seed(0))
 
 
-def _load_exported(path: Path, name: str, input_shape: tuple[int, ...] | None) -> Graph:
-    """torch.export archive; with an input_shape different from the exported one, re-export."""
-    try:
-        with open(path, "rb") as fh:  # a file object: torch.export.load insists on '.pt2' for paths
-            ep = torch.export.load(io.BytesIO(fh.read()))
-    except Exception as exc:
-        raise ModelLoadError(f"{path}: cannot load the torch.export archive: {_first_line(exc)}") from exc
+def _load_exported(path: Path, name: str, input_shape: tuple[int, ...] | None, trust_pickle: bool) -> Graph:
+    """torch.export archive (checked by pt2_guard first); with an input_shape different from the exported one,
+    re-export."""
+    ep = guarded_load(path, trust_pickle)
     exported = _exported_input_shape(ep)
     static = exported is not None and all(isinstance(d, int) for d in exported)
     if input_shape is not None and static and input_shape != exported:
@@ -135,7 +171,8 @@ def _load_torchscript(path: Path, name: str, input_shape: tuple[int, ...] | None
 def _load_torch_save(path: Path, name: str, input_shape: tuple[int, ...] | None, trust_pickle: bool) -> Graph:
     """torch.save file: weights-only first; a full pickle only with trust_pickle."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with quiet_torch():
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights_only" not in str(exc).lower() and "weights only" not in str(exc).lower():
             raise ModelLoadError(f"{path}: not a readable torch.save file: {_first_line(exc)}") from exc

@@ -28,7 +28,6 @@ Why "FC included": without its three FC layers (58.6 M MACs) AlexNet would count
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from tersim.errors import ModelLoadError
+from tersim.files import write_bytes_atomic
 
 # --------------------------------------------------------------------------------------------
 # Initialisation helpers (torchvision's schemes, so activations have realistic magnitudes)
@@ -467,15 +467,5 @@ def export(name: str, path: str | os.PathLike[str], batch: int = 1, seed: int = 
     model = build(name, seed)
     example = torch.randn(batch, *(input_shape or entry.input_shape))
     program = torch.export.export(model, (example,))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.export.save(program, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    return write_bytes_atomic(path, lambda f: torch.export.save(program, f))
     return path

@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from tersim.report.plots import figures_for
-from tersim.report.tables import atomic_file, sweep_headline
+from tersim.files import write_text_atomic
+from tersim.report.tables import sweep_headline
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1400px}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
@@ -53,6 +54,4 @@ def write_html_report(path: str | Path, points: pd.DataFrame | None = None, laye
     """Render and write atomically."""
     path = Path(path)
     text = render(title, points, layers, select)
-    with atomic_file(path) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
-    return path
+    return write_text_atomic(path, text)

@@ -248,12 +248,14 @@ def figures_for(points: pd.DataFrame | None = None, layers: pd.DataFrame | None 
 
 def save_figures(figures: Mapping[str, object], out_dir: str | Path, stem: str) -> list[Path]:
     """`<stem>_<name>.png` and `.svg` for every figure."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from tersim.files import atomic_file, ensure_dir
+
+    out_dir = ensure_dir(out_dir)
     paths = []
     for name, fig in figures.items():
         for fmt in FORMATS:
             path = out_dir / f"{stem}_{name}.{fmt}"
-            fig.savefig(path, format=fmt, dpi=120)
+            with atomic_file(path) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=120)
             paths.append(path)
     return paths

@@ -1,13 +1,11 @@
 """Turn result DataFrames into what a person reads (terminal tables) and what tools read (CSV), atomically."""
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+
+from tersim.files import atomic_file
 
 LAYER_COLUMNS = {
     "layer": "layer", "out_shape": "out", "weights": "w", "group_size": "N", "macs": "MACs",
@@ -57,22 +55,6 @@ def format_summary(summary: pd.DataFrame) -> str:
     row = summary.iloc[0].to_dict()
     width = max(len(k) for k in row)
     return "\n".join(f"  {k:<{width}}  {_fmt(k, v)}" for k, v in row.items())
-
-
-@contextmanager
-def atomic_file(path: str | Path) -> Iterator[str]:
-    """A temp file beside `path`, renamed onto it when the block succeeds: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make reports private to their writer
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
