@@ -107,10 +107,11 @@ def _model_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tersim.files import ensure_dir, safe_name
+    from tersim.files import check_output_dir, safe_name
     from tersim.pipeline import run
+    from tersim.report.tables import format_layers, format_summary, write_atomic
 
-    ensure_dir(args.out)  # a bad --out fails now, not after the work    from tersim.report.tables import format_layers, format_summary, write_atomic
+    check_output_dir(args.out)  # a bad --out fails now, not after the work
 
     result = run(args.hw, args.model, batch_size=args.batch_size, progress=sys.stderr.isatty(), timing=args.timing,
                  group_size=args.group_size, act_bits=args.act_bits, **_model_options(args))
@@ -177,10 +178,10 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from tersim.report.tables import sweep_headline
-    from tersim.files import ensure_dir
+    from tersim.files import check_output_dir
     from tersim.sweeps import parse_set, run_sweep, write_reports
 
-    ensure_dir(args.out)  # a bad --out fails now, not after the work
+    check_output_dir(args.out)  # a bad --out fails now, not after the work
     cache_dir = None if args.no_cache else (args.cache_dir or Path(args.out) / ".cache")
     result = run_sweep(args.hw, args.model, args.group_sizes, args.act_bits, overrides=parse_set(args.overrides),
                        timing_only=args.timing_only, cache_dir=cache_dir, jobs=args.jobs, workers=args.workers,

@@ -58,6 +58,21 @@ def ensure_dir(path: str | Path, what: str = "output folder") -> Path:
     return path
 
 
+def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Fail early (before hours of work) if `path` cannot become a writable folder; creates nothing."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe == path and not path.is_dir():
+        raise OutputError(f"{path}: {what} is a file, not a folder")
+    if not probe.is_dir():
+        raise OutputError(f"{path}: cannot create the {what}: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot create the {what}: {probe} is not writable")
+    return path
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[str]:
     """Yield a temp file name beside `path`; rename it onto `path` when the block succeeds.

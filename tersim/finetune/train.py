@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from tersim.config import Accelerator
-from tersim.data import check_input_shape
-from tersim.errors import DataError
+from tersim.data import check_arrays, check_input_shape, check_labels, model_classes
+from tersim.errors import DataError, one_line
 from tersim.files import write_bytes_atomic
 from tersim.finetune.graph_module import FLOAT_PLAN, FloatExport, GraphNet
 from tersim.finetune.methods import (METHODS, FinetuneError, JointKD, Method, Progressive, Stochastic,
@@ -140,9 +140,9 @@ def _check_labelled(data: tuple[np.ndarray, np.ndarray | None], graph: Graph, wh
     x, y = data
     if y is None:
         raise DataError(f"{what}: no labels: fine-tuning needs an array 'y' of class labels")
+    x, y = check_arrays(x, y, what)
     check_input_shape(x, graph.input_shape, what)
-    if len(x) == 0:
-        raise DataError(f"{what}: no samples")
+    check_labels(y, model_classes(graph), what)
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(y.astype(np.int64))
 
 
@@ -199,13 +199,17 @@ def finetune(
                    "val_acc_fakequant": accuracy(net, xv, yv, net.full_plan(config.act_bits))}
     if resume is not None:
         ckpt = load_checkpoint(resume, config, fingerprint)
-        net.load_state_dict(ckpt["student"])
-        opt.load_state_dict(ckpt["opt"])
-        if teacher is not None:
-            teacher.load_state_dict(ckpt["teacher"])
-            teacher_opt.load_state_dict(ckpt["teacher_opt"])
-        history = list(ckpt["history"])
-        start_epoch = int(ckpt["epoch"])
+        try:
+            net.load_state_dict(ckpt["student"])
+            opt.load_state_dict(ckpt["opt"])
+            if teacher is not None:
+                teacher.load_state_dict(ckpt["teacher"])
+                teacher_opt.load_state_dict(ckpt["teacher_opt"])
+            history = list(ckpt["history"])
+            start_epoch = int(ckpt["epoch"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise FinetuneError(f"{resume}: the checkpoint does not fit this model ({type(exc).__name__}: "
+                                f"{one_line(exc)[:200]})") from None
         log(f"resumed from {resume} after epoch {start_epoch}/{config.epochs}")
 
     steps_per_epoch = math.ceil(len(xt) / config.batch_size)
@@ -309,6 +313,9 @@ def save_checkpoint(directory: Path, epoch: int, cfg: FinetuneConfig, fingerprin
     return path
 
 
+CKPT_KEYS = ("format", "epoch", "config", "fingerprint", "student", "opt", "history")
+
+
 def load_checkpoint(path: str | Path, cfg: FinetuneConfig, fingerprint: str) -> dict:
     """Read a checkpoint (a file, or a directory: its newest epoch_NNN.pt) and check it matches this run."""
     path = Path(path)
@@ -325,6 +332,10 @@ def load_checkpoint(path: str | Path, cfg: FinetuneConfig, fingerprint: str) -> 
         raise FinetuneError(f"{path}: cannot read checkpoint: {str(exc).strip().splitlines()[0]}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
         raise FinetuneError(f"{path}: not a tersim finetune checkpoint")
+    missing = [k for k in CKPT_KEYS if k not in ckpt]
+    if missing or not isinstance(ckpt["config"], dict) or not isinstance(ckpt["epoch"], int):
+        raise FinetuneError(f"{path}: a damaged tersim finetune checkpoint (missing or malformed: "
+                            f"{', '.join(missing) or 'config/epoch'})")
     if ckpt["fingerprint"] != fingerprint:
         raise FinetuneError(f"{path}: checkpoint was made from a different model file")
     saved, now = ckpt["config"], _config_dict(cfg)
