@@ -186,6 +186,8 @@ class _ConfigLoader(yaml.SafeLoader):
             self._depth -= 1
 
     def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        if not isinstance(node, yaml.MappingNode):  # e.g. `!!set 0`: yaml's own check raises
+            return super().construct_mapping(node, deep=deep)
         seen: dict[object, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
@@ -210,6 +212,8 @@ def parse_yaml(text: str) -> object:
         return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
     except RecursionError:
         raise yaml.YAMLError(f"nesting too deep (more than {MAX_NESTING} levels)") from None
+    except (ValueError, TypeError, OverflowError, IndexError, KeyError, AttributeError) as exc:  # PyYAML bugs on odd tags
+        raise yaml.YAMLError(f"{type(exc).__name__}: {exc}") from None
 
 
 def read_yaml_mapping(path: str | Path, what: str = "hardware config") -> dict:
