@@ -547,3 +547,11 @@ def test_ctrl_c_during_start_up_is_quiet(delay, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.strip() == "tersim: interrupted", err
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["verify"], ["sweep"], ["plot"], ["export-zoo"], ["finetune"]])
+def test_every_help_still_works(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    assert "usage: tersim" in capsys.readouterr().out
