@@ -52,7 +52,7 @@ def load_dataset(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not a data file; {ACCEPTED}")
     if not path.is_file():
-        raise DataError(f"{path}: data file not found")
+        raise DataError(f"{path}: {'not a regular file' if path.exists() else 'data file not found'}; {ACCEPTED}")
     kind = _kind(path)
     try:
         if kind == "npz":

@@ -555,3 +555,10 @@ def test_every_help_still_works(command, capsys):
         main([*command, "--help"])
     assert info.value.code == 0
     assert "usage: tersim" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["run", "/dev/zero", MODEL], ["run", HW, "/dev/zero"],
+                                  ["run", HW, MODEL, "--data", "/dev/zero"], ["run", HW, "no-such-model.pt2"],
+                                  ["run", "no-such.yaml", MODEL]])
+def test_devices_and_missing_files(argv, capsys, fast_models):
+    one_error(capsys, argv)

@@ -25,6 +25,11 @@ MAX_NESTING = 32  # the schema is 3 levels deep; a 50,000-deep document must not
 MAX_MAGNITUDE = 1e12  # areas, energies, clocks, buffer sizes: far beyond any real design, far below float overflow
 
 
+def _positive(default: float, description: str | None = None):  # -> pydantic FieldInfo
+    """A float field that is finite, > 0 and <= MAX_MAGNITUDE (a clock, area, energy or size)."""
+    return Field(default, gt=0, le=MAX_MAGNITUDE, description=description)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
@@ -63,10 +68,10 @@ class AccumulatorConfig(_Strict):
 
 
 class MemoryConfig(_Strict):
-    weight_buffer_kib: float = Field(64, gt=0, le=MAX_MAGNITUDE, description="weight SRAM (2-bit codes + alpha table), KiB")
-    activation_buffer_kib: float = Field(128, gt=0, le=MAX_MAGNITUDE, description="input activation SRAM, KiB")
-    output_buffer_kib: float = Field(64, gt=0, le=MAX_MAGNITUDE, description="output/partial-sum SRAM, KiB")
-    dram_bytes_per_cycle: float = Field(16, gt=0, le=MAX_MAGNITUDE, description="DRAM bandwidth, bytes per clock cycle")
+    weight_buffer_kib: float = _positive(64, description="weight SRAM (2-bit codes + alpha table), KiB")
+    activation_buffer_kib: float = _positive(128, description="input activation SRAM, KiB")
+    output_buffer_kib: float = _positive(64, description="output/partial-sum SRAM, KiB")
+    dram_bytes_per_cycle: float = _positive(16, description="DRAM bandwidth, bytes per clock cycle")
     double_buffering: bool = True
 
 
@@ -84,43 +89,42 @@ class BaselineConfig(_Strict):
     """The FP32 design the speedup is measured against, simulated with the same timing model."""
 
     array: ArrayConfig = ArrayConfig()
-    clock_mhz: float = Field(1000, gt=0, le=MAX_MAGNITUDE)
+    clock_mhz: float = _positive(1000)
     memory: MemoryConfig = MemoryConfig(weight_buffer_kib=256, activation_buffer_kib=256, output_buffer_kib=128)
 
 
 class AreaTable(_Strict):
     """Relative areas (um^2 at 45 nm, Horowitz ISSCC 2014); each finite and > 0."""
 
-    fp32_mult_um2: float = Field(7700, gt=0, le=MAX_MAGNITUDE)
-    fp32_add_um2: float = Field(4184, gt=0, le=MAX_MAGNITUDE)
-    int8_mult_um2: float = Field(282, gt=0, le=MAX_MAGNITUDE)
-    int8_add_um2: float = Field(36, gt=0, le=MAX_MAGNITUDE)
-    int16_add_um2: float = Field(67, gt=0, le=MAX_MAGNITUDE)
-    int32_add_um2: float = Field(137, gt=0, le=MAX_MAGNITUDE)
-    register_bit_um2: float = Field(
-        4.52, gt=0, le=MAX_MAGNITUDE, description="one flip-flop (stationary operand register bit): NanGate 45 nm DFF_X1"
-    )
+    fp32_mult_um2: float = _positive(7700)
+    fp32_add_um2: float = _positive(4184)
+    int8_mult_um2: float = _positive(282)
+    int8_add_um2: float = _positive(36)
+    int16_add_um2: float = _positive(67)
+    int32_add_um2: float = _positive(137)
+    register_bit_um2: float = _positive(
+        4.52, description="one flip-flop (stationary operand register bit): NanGate 45 nm DFF_X1")
 
 
 class EnergyTable(_Strict):
     """Per-operation and per-byte energies in pJ (Horowitz ISSCC 2014, 45 nm); each finite and > 0."""
 
-    fp32_mult_pj: float = Field(3.7, gt=0, le=MAX_MAGNITUDE)
-    fp32_add_pj: float = Field(0.9, gt=0, le=MAX_MAGNITUDE)
-    int8_mult_pj: float = Field(0.2, gt=0, le=MAX_MAGNITUDE)
-    int8_add_pj: float = Field(0.03, gt=0, le=MAX_MAGNITUDE)
-    int16_add_pj: float = Field(0.05, gt=0, le=MAX_MAGNITUDE)
-    int32_add_pj: float = Field(0.1, gt=0, le=MAX_MAGNITUDE)
-    int32_mult_pj: float = Field(3.1, gt=0, le=MAX_MAGNITUDE)
-    sram_pj_per_byte: float = Field(2.5, gt=0, le=MAX_MAGNITUDE, description="32 KiB SRAM: 20 pJ per 64-bit access")
-    dram_pj_per_byte: float = Field(162.5, gt=0, le=MAX_MAGNITUDE, description="DRAM: 1.3 nJ per 64-bit access")
+    fp32_mult_pj: float = _positive(3.7)
+    fp32_add_pj: float = _positive(0.9)
+    int8_mult_pj: float = _positive(0.2)
+    int8_add_pj: float = _positive(0.03)
+    int16_add_pj: float = _positive(0.05)
+    int32_add_pj: float = _positive(0.1)
+    int32_mult_pj: float = _positive(3.1)
+    sram_pj_per_byte: float = _positive(2.5, description="32 KiB SRAM: 20 pJ per 64-bit access")
+    dram_pj_per_byte: float = _positive(162.5, description="DRAM: 1.3 nJ per 64-bit access")
 
 
 class Accelerator(_Strict):
     """The whole hardware description (see hw_configs/*.yaml for commented examples)."""
 
     name: str = Field("tersim", min_length=1, max_length=200, description="used in report file names (sanitised)")
-    clock_mhz: float = Field(1000, gt=0, le=MAX_MAGNITUDE)
+    clock_mhz: float = _positive(1000)
     array: ArrayConfig = ArrayConfig()
     pe: TernaryPEConfig = TernaryPEConfig()
     group_scaling: GroupScalingConfig = GroupScalingConfig()
@@ -222,7 +226,8 @@ def read_yaml_mapping(path: str | Path, what: str = "hardware config") -> dict:
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder; expected a {what} YAML file")
     if not path.is_file():
-        raise ConfigError(f"{path}: {what} not found")
+        raise ConfigError(f"{path}: {'not a regular file' if path.exists() else 'not found'}; expected a {what} "
+                          "YAML file")
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_CONFIG_BYTES + 1)

@@ -400,9 +400,11 @@ def read_metadata(path: str | Path) -> dict | None:
     """The fine-tuning metadata of a model file written by save_model (None for other files)."""
     import zipfile
 
+    from tersim.frontend.pt2_guard import MAX_JSON_BYTES, read_prefix
+
     with zipfile.ZipFile(path) as zf:
         names = [n for n in zf.namelist() if n.endswith(METADATA_FILE)]
-        return json.loads(zf.read(names[0])) if names else None
+        return json.loads(read_prefix(zf, names[0], MAX_JSON_BYTES)) if names else None
 
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "save_model", "check_round_trip", "export_program",

@@ -45,8 +45,9 @@ def import_model(path: str | Path, *, input_shape: tuple[int, ...] | None = None
     name = path.stem
     if input_shape is not None:
         input_shape = check_input_shape_arg(input_shape, str(path))
-    if path.is_dir():
-        raise ModelLoadError(f"{path}: is a folder, not a model file; {ACCEPTED}")
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        what = "a folder" if path.is_dir() else "not a regular file"
+        raise ModelLoadError(f"{path}: is {what}, not a model file; {ACCEPTED}")
     if not path.is_file():
         from tersim.models.zoo import ZOO, build
 
