@@ -97,6 +97,11 @@ def _inspect(zf: zipfile.ZipFile, where: str, trust_pickle: bool) -> None:
                 and info.file_size > MAX_RATIO * max(info.compress_size, 1)):
             raise ModelLoadError(f"{where}: member '{info.filename}' inflates {info.compress_size} bytes to "
                                  f"{info.file_size} (more than {MAX_RATIO}x): refusing a zip bomb")
+    lowered = [i.filename.lower() for i in infos]
+    if len(set(lowered)) != len(lowered):  # torch's zip reader matches names case-insensitively: no look-alikes
+        twice = sorted({n for n in lowered if lowered.count(n) > 1})
+        raise ModelLoadError(f"{where}: member name '{twice[0]}' appears more than once (ignoring case): "
+                             "refusing an ambiguous archive")
     root = _root([i.filename for i in infos])
     members: dict[str, zipfile.ZipInfo] = {}
     for info in infos:
