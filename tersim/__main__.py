@@ -1,4 +1,10 @@
-"""`python -m tersim`: Ctrl-C at any moment, even while torch is still importing, is one line and exit 130."""
+"""`python -m tersim`: Ctrl-C at any moment, even while torch is still importing, is one line and exit 130.
+
+Why os._exit on 130: when Ctrl-C lands while C++ code runs Python through `PyRun_String` (pybind11 does during
+some imports), CPython marks the KeyboardInterrupt "unhandled" even though tersim catches it, and at exit kills
+itself with SIGINT (exit status -2) instead of returning 130. Everything is written and flushed by then.
+"""
+import os
 import sys
 
 try:
@@ -8,4 +14,8 @@ try:
 except KeyboardInterrupt:
     print("tersim: interrupted", file=sys.stderr)
     code = 130
+if code == 130:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 sys.exit(code)
