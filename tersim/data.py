@@ -20,11 +20,15 @@ def _kind(path: Path) -> str:
     if head.startswith(b"PK"):
         import zipfile
 
+        from tersim.frontend.pt2_guard import refuse_zip_bombs
+
         try:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
+                infos = zf.infolist()
         except Exception as exc:  # BadZipFile, EOFError, ...
             raise DataError(f"{path}: a damaged zip file ({type(exc).__name__}); {ACCEPTED}") from None
+        refuse_zip_bombs(infos, str(path), DataError)
         if any(n.endswith("data.pkl") for n in names):
             return "torch"
         if names and all(n.endswith(".npy") for n in names):

@@ -250,6 +250,13 @@ def test_zip_bomb_is_refused_without_inflating(member, tmp_path, capsys):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 200 * 1024  # KiB: never the 300 MB
 
 
+def test_npz_bomb_is_refused_without_inflating(tmp_path, capsys):
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, x=np.zeros((40, 1, 1024, 1024), np.float32), y=np.zeros(40, np.int64))
+    assert path.stat().st_size < 2 << 20
+    one_error(capsys, ["run", HW, MODEL, "--data", path], "zip bomb")
+
+
 def test_huge_yaml_is_refused_before_parsing(tmp_path, capsys):
     hw = tmp_path / "hw.yaml"
     with open(hw, "w") as fh:

@@ -49,6 +49,15 @@ def read_prefix(zf: zipfile.ZipFile, name: str, limit: int) -> bytes:
         return fh.read(limit)
 
 
+def refuse_zip_bombs(infos: list[zipfile.ZipInfo], where: str, error: type[Exception]) -> None:
+    """A compressed member over 1 MiB that inflates more than MAX_RATIO times is refused before it is read."""
+    for info in infos:
+        if (info.compress_type != zipfile.ZIP_STORED and info.file_size > RATIO_MIN_BYTES
+                and info.file_size > MAX_RATIO * max(info.compress_size, 1)):
+            raise error(f"{where}: member '{info.filename}' inflates {info.compress_size} bytes to "
+                        f"{info.file_size} (more than {MAX_RATIO}x): refusing a zip bomb")
+
+
 def _root(names: list[str]) -> str:
     """The archive's top folder (`archive/` for torch.export.save); every member must sit under it."""
     first = names[0]
@@ -92,11 +101,7 @@ def _inspect(zf: zipfile.ZipFile, where: str, trust_pickle: bool) -> None:
     if total > MAX_TOTAL_BYTES:
         raise ModelLoadError(f"{where}: members declare {total} bytes uncompressed, more than the "
                              f"{MAX_TOTAL_BYTES >> 30} GiB tersim accepts")
-    for info in infos:
-        if (info.compress_type != zipfile.ZIP_STORED and info.file_size > RATIO_MIN_BYTES
-                and info.file_size > MAX_RATIO * max(info.compress_size, 1)):
-            raise ModelLoadError(f"{where}: member '{info.filename}' inflates {info.compress_size} bytes to "
-                                 f"{info.file_size} (more than {MAX_RATIO}x): refusing a zip bomb")
+    refuse_zip_bombs(infos, where, ModelLoadError)
     lowered = [i.filename.lower() for i in infos]
     if len(set(lowered)) != len(lowered):  # torch's zip reader matches names case-insensitively: no look-alikes
         twice = sorted({n for n in lowered if lowered.count(n) > 1})
@@ -154,6 +159,9 @@ def _inspect(zf: zipfile.ZipFile, where: str, trust_pickle: bool) -> None:
         if member.startswith("data/aotinductor/"):
             raise ModelLoadError(f"{where}: member '{info.filename}' is AOTInductor compiled code; tersim never loads "
                                  "native code from a model file (save the model with torch.export.save)")
+        if (member in SMALL_MEMBERS or member.startswith(".data/")) and info.file_size > 1024:
+            raise ModelLoadError(f"{where}: member '{info.filename}' declares {info.file_size} bytes; "
+                                 "torch.export.save writes a few bytes there")
         if member in expected or member.startswith((".data/", "extra/")) or member.endswith("/"):
             if member.startswith("extra/") and info.file_size > MAX_JSON_BYTES:
                 _json_member(zf, info, where)  # raises: too large
