@@ -338,6 +338,7 @@ HW_BAD = {
     "energy negative": (b"energy: {dram_pj_per_byte: -1}\n", "energy.dram_pj_per_byte"),
     "energy nan": (b"energy: {fp32_add_pj: .nan}\n", "energy.fp32_add_pj"),
     "energy huge": (b"energy: {fp32_add_pj: 1.0e300}\n", "energy.fp32_add_pj"),
+    "fp32 PE without area": (b"area: {fp32_mult_um2: 0, fp32_add_um2: 0, register_bit_um2: 0}\n", "FP32 PE"),
     "python tag": (b"name: !!python/object/apply:os.system ['touch /tmp/x']\n", "invalid YAML"),
     "not a mapping": (b"- 1\n- 2\n", "mapping"),
     "unknown key": (b"rowz: 3\n", "rowz"),

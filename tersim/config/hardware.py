@@ -30,6 +30,11 @@ def _positive(default: float, description: str | None = None):  # -> pydantic Fi
     return Field(default, gt=0, le=MAX_MAGNITUDE, description=description)
 
 
+def _nonnegative(default: float, description: str | None = None):  # -> pydantic FieldInfo
+    """A float field that is finite, >= 0 and <= MAX_MAGNITUDE (an area or energy; 0 leaves a part out)."""
+    return Field(default, ge=0, le=MAX_MAGNITUDE, description=description)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
@@ -94,30 +99,43 @@ class BaselineConfig(_Strict):
 
 
 class AreaTable(_Strict):
-    """Relative areas (um^2 at 45 nm, Horowitz ISSCC 2014); each finite and > 0."""
+    """Relative areas (um^2 at 45 nm, Horowitz ISSCC 2014); each finite and >= 0 (0 leaves a part out)."""
 
-    fp32_mult_um2: float = _positive(7700)
-    fp32_add_um2: float = _positive(4184)
-    int8_mult_um2: float = _positive(282)
-    int8_add_um2: float = _positive(36)
-    int16_add_um2: float = _positive(67)
-    int32_add_um2: float = _positive(137)
-    register_bit_um2: float = _positive(
+    fp32_mult_um2: float = _nonnegative(7700)
+    fp32_add_um2: float = _nonnegative(4184)
+    int8_mult_um2: float = _nonnegative(282)
+    int8_add_um2: float = _nonnegative(36)
+    int16_add_um2: float = _nonnegative(67)
+    int32_add_um2: float = _nonnegative(137)
+    register_bit_um2: float = _nonnegative(
         4.52, description="one flip-flop (stationary operand register bit): NanGate 45 nm DFF_X1")
+
+    @model_validator(mode="after")
+    def _fp32_pe_has_area(self) -> "AreaTable":
+        if self.fp32_mult_um2 + self.fp32_add_um2 + 32 * self.register_bit_um2 <= 0:
+            raise ValueError("the FP32 PE (fp32_mult_um2 + fp32_add_um2 + 32 * register_bit_um2) needs an area > 0: "
+                             "the equal-area comparison divides by it")
+        return self
 
 
 class EnergyTable(_Strict):
-    """Per-operation and per-byte energies in pJ (Horowitz ISSCC 2014, 45 nm); each finite and > 0."""
+    """Per-operation and per-byte energies in pJ (Horowitz ISSCC 2014, 45 nm); each finite and >= 0."""
 
-    fp32_mult_pj: float = _positive(3.7)
-    fp32_add_pj: float = _positive(0.9)
-    int8_mult_pj: float = _positive(0.2)
-    int8_add_pj: float = _positive(0.03)
-    int16_add_pj: float = _positive(0.05)
-    int32_add_pj: float = _positive(0.1)
-    int32_mult_pj: float = _positive(3.1)
-    sram_pj_per_byte: float = _positive(2.5, description="32 KiB SRAM: 20 pJ per 64-bit access")
-    dram_pj_per_byte: float = _positive(162.5, description="DRAM: 1.3 nJ per 64-bit access")
+    fp32_mult_pj: float = _nonnegative(3.7)
+    fp32_add_pj: float = _nonnegative(0.9)
+    int8_mult_pj: float = _nonnegative(0.2)
+    int8_add_pj: float = _nonnegative(0.03)
+    int16_add_pj: float = _nonnegative(0.05)
+    int32_add_pj: float = _nonnegative(0.1)
+    int32_mult_pj: float = _nonnegative(3.1)
+    sram_pj_per_byte: float = _nonnegative(2.5, description="32 KiB SRAM: 20 pJ per 64-bit access")
+    dram_pj_per_byte: float = _nonnegative(162.5, description="DRAM: 1.3 nJ per 64-bit access")
+
+    @model_validator(mode="after")
+    def _not_all_zero(self) -> "EnergyTable":
+        if not any(self.model_dump().values()):
+            raise ValueError("every energy is 0: the energy ratio would be 0/0")
+        return self
 
 
 class Accelerator(_Strict):
