@@ -15,12 +15,14 @@ MAX_TORCH_DATA_BYTES = 8 << 30  # torch.load reads a .pt whole; an .npz is read 
 
 def _kind(path: Path) -> str:
     """'npz' | 'torch' from the content, or a DataError saying what the file is and what tersim accepts."""
+    from tersim.frontend.pt2_guard import LEGACY_TORCH_SAVE, refuse_zip_bombs
+
     with open(path, "rb") as fh:
-        head = fh.read(8)
+        head = fh.read(len(LEGACY_TORCH_SAVE))
+    if head == LEGACY_TORCH_SAVE:
+        return "torch"
     if head.startswith(b"PK"):
         import zipfile
-
-        from tersim.frontend.pt2_guard import refuse_zip_bombs
 
         try:
             with zipfile.ZipFile(path) as zf:

@@ -312,6 +312,15 @@ def test_bad_labels(command, y, expect, tmp_path, capsys, fast_models):
               expect)
 
 
+def test_legacy_torch_save_data_still_loads(tmp_path):
+    from tersim.data import load_dataset
+
+    path = tmp_path / "legacy.pt"
+    torch.save({"x": torch.zeros(2, 1, 8, 8), "y": torch.tensor([0, 9])}, path, _use_new_zipfile_serialization=False)
+    x, y = load_dataset(path)
+    assert x.shape == (2, 1, 8, 8) and y.tolist() == [0, 9]
+
+
 def test_bad_pt_data_and_python_api(tmp_path):
     from tersim.data import load_inputs
     from tersim.errors import DataError

@@ -22,10 +22,8 @@ import torch
 from tersim.errors import ModelLoadError
 from tersim.frontend.ir import Graph
 from tersim.frontend.lower import _first_line, export_and_lower, lower_exported, lower_module
-from tersim.frontend.pt2_guard import quiet_torch, guarded_load, read_prefix
+from tersim.frontend.pt2_guard import LEGACY_TORCH_SAVE, guarded_load, quiet_torch, read_prefix
 
-# legacy (pre-zip) torch.save files start with torch's magic number, pickled with protocol 2
-LEGACY_TORCH_SAVE = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 MAX_INPUT_ELEMENTS = 1 << 28  # per-sample input elements (C*H*W) accepted for a re-export: 1 GiB of float32
 ACCEPTED = ("tersim reads a torch.export archive (torch.export.save, .pt2), TorchScript (torch.jit.save, with "
             "--input-shape) or a zoo name")

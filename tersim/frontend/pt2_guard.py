@@ -37,6 +37,8 @@ MAX_TOTAL_BYTES = 16 << 30  # declared uncompressed size of the whole archive (1
 MAX_JSON_BYTES = 256 << 20  # graph JSON, payload configs, extra files, sample inputs (ResNet-50's graph: ~6 MB)
 MAX_RATIO = 200  # torch stores members uncompressed; a deflated member > 1 MiB inflating > 200x is a zip bomb
 RATIO_MIN_BYTES = 1 << 20
+# legacy (pre-zip) torch.save files start with torch's magic number, pickled with protocol 2
+LEGACY_TORCH_SAVE = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 SMALL_MEMBERS = ("archive_format", "archive_version", "byteorder")  # a few bytes each
 
 PICKLE_HINT = ("loading it runs code from the file. Pass --trust-pickle (trust_pickle=True) only if you trust "
