@@ -42,7 +42,7 @@ def bench(name: str, repeats: int, batch: int) -> dict:
         model, shape = build(name), ZOO[name].input_shape
     x = torch.randn(batch, *shape)
     graph = lower_module(model, torch.randn(2, *shape), name)
-    qgraph = quantize_graph(graph, [x.numpy()], Accelerator(), group_size=4, act_bits=8)
+    qgraph = quantize_graph(graph, [x.numpy()], Accelerator().with_overrides({"group_scaling.group_size": 4, "pe.act_bits": 8}))
     xn = x.numpy()
     with torch.no_grad():
         t_torch, t_tersim = _median_seconds([lambda: model(x), lambda: execute(qgraph, xn, keep_all=False)], repeats)

@@ -13,7 +13,7 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "run": "tersim.pipeline", "RunResult": "tersim.pipeline",
+    "run": "tersim.pipeline", "RunResult": "tersim.pipeline", "RunOptions": "tersim.options",
     "sweep": "tersim.sweeps", "run_sweep": "tersim.sweeps", "SweepResult": "tersim.sweeps",
     "Accelerator": "tersim.config", "load_accelerator": "tersim.config",
     "import_model": "tersim.frontend",

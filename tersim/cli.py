@@ -7,13 +7,14 @@ Ctrl-C, even during start-up, one line and exit code 130.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 import warnings
 from pathlib import Path
 
 from tersim.errors import TersimError
+from tersim.options import (RunOptions, add_hardware_flags, choices, finite_float, hardware_args,  # noqa: F401
+                            input_shape_arg, positive_int)
 
 _LINE_BREAKS = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+")
 
@@ -30,50 +31,24 @@ def one_line_text(text: str) -> str:
     return _LINE_BREAKS.sub(" ", str(text)).strip()
 
 
-def input_shape_arg(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--input-shape wants comma-separated ints like 1,8,8, got '{text}'") from None
-    if any(d < 1 for d in shape):
-        raise argparse.ArgumentTypeError(f"--input-shape wants positive ints like 3,32,32, got '{text}'")
-    return shape
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    """A float that is a number (no inf or nan): a learning rate or weight of inf trains to NaN."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: '{text}'") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got '{text}'")
-    return value
-
-
-def _add_model_args(p: argparse.ArgumentParser, one_point: bool = True) -> None:
+def _add_model_args(p: argparse.ArgumentParser, sweep_axes: tuple[str, ...] = ()) -> None:
+    """HW and MODEL, the hardware options (generated from RunOptions; `sweep_axes` are swept instead) and
+    the options that say what to evaluate."""
     p.add_argument("hw", help="hardware config YAML (see hw_configs/)")
     p.add_argument("model", help="model file: torch.export archive (.pt2), TorchScript, or pickle with --trust-pickle")
     p.add_argument("--data", help="labelled data: .npz or .pt with 'x' (preprocessed inputs) and 'y' (labels)")
-    if one_point:
-        p.add_argument("--group-size", "-N", type=positive_int, help="FGQ group size N (default: from the hw config)")
-        p.add_argument("--act-bits", type=int, choices=(8, 4), help="activation bits (default: from the hw config)")
-    p.add_argument("--method", choices=("exact", "twn", "twn_asym"), help="ternarization method (default: config)")
-    p.add_argument("--first-last", choices=("int8", "ternary"), help="first/last layer weights (default: config)")
+    add_hardware_flags(p, skip=sweep_axes)
     p.add_argument("--limit", type=positive_int, help="evaluate at most this many samples")
     p.add_argument("--input-shape", type=input_shape_arg, help="C,H,W for TorchScript/pickled models")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading a pickled nn.Module (runs code from the file: only for files you trust)")
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """The RunOptions of a parsed run/verify/sweep command line."""
+    fields = {name: getattr(args, name) for name in ("batch_size", "timing") if hasattr(args, name)}
+    return RunOptions.of(data=args.data, limit=args.limit, input_shape=args.input_shape,
+                         trust_pickle=args.trust_pickle, **hardware_args(args), **fields)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,12 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_options(args: argparse.Namespace) -> dict:
-    return dict(data=args.data, method=args.method,
-                first_last=args.first_last, limit=args.limit, input_shape=args.input_shape,
-                trust_pickle=args.trust_pickle)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from tersim.files import check_output_dir, safe_name
     from tersim.pipeline import run
@@ -113,8 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     check_output_dir(args.out)  # a bad --out fails now, not after the work
 
-    result = run(args.hw, args.model, batch_size=args.batch_size, progress=sys.stderr.isatty(), timing=args.timing,
-                 group_size=args.group_size, act_bits=args.act_bits, **_model_options(args))
+    result = run(args.hw, args.model, run_options(args), progress=sys.stderr.isatty())
     s = result.summary.iloc[0]
     stem = safe_name(f"{s.model}_{s.hw}_N{s.group_size}_a{s.act_bits}")  # model and hw names come from input
     print(f"tersim run: {s.model} on {s.hw}, FGQ N={s.group_size}, {s.act_bits}-bit activations, {s.samples} samples\n")
@@ -133,7 +101,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from tersim.report.tables import format_summary
     from tersim.verify import verify
 
-    result = verify(args.hw, args.model, group_size=args.group_size, act_bits=args.act_bits, **_model_options(args))
+    result = verify(args.hw, args.model, run_options(args))
     print(result.layers.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print("\nfinal output vs FP32:")
     print(format_summary(result.summary))
@@ -147,9 +115,10 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     """`sweep` (design-space sweeps), `plot` (figures + HTML from a sweep/run file), `export-zoo`."""
     sweep = sub.add_parser("sweep", help="accuracy, multiplications and cycles over group sizes x activation bits "
                                          "x hardware overrides (CSV, Parquet, HTML report)")
-    _add_model_args(sweep, one_point=False)
+    _add_model_args(sweep, sweep_axes=("group_size", "act_bits"))
     sweep.add_argument("--group-sizes", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
-    sweep.add_argument("--act-bits", type=int, nargs="+", choices=(8, 4), default=[8, 4])
+    sweep.add_argument("--act-bits", dest="act_bits_axis", type=int, nargs="+", choices=choices("act_bits"),
+                       default=[8, 4])
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=V1,V2",
                        help="sweep a hardware field too, e.g. --set array.rows=8,16,32 (repeatable: all combinations)")
     sweep.add_argument("--timing-only", action="store_true", default=None,
@@ -178,14 +147,18 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from tersim.report.tables import sweep_headline
+    from tersim.errors import ConfigError
     from tersim.files import check_output_dir
-    from tersim.sweeps import parse_set, run_sweep, write_reports
+    from tersim.sweeps import AXES, parse_set, run_sweep, write_reports
 
     check_output_dir(args.out)  # a bad --out fails now, not after the work
+    overrides = parse_set(args.overrides)
+    for path in overrides.keys() & AXES.keys():
+        raise ConfigError(f"--set '{path}': sweep it with --{AXES[path].replace('_', '-')} instead")
     cache_dir = None if args.no_cache else (args.cache_dir or Path(args.out) / ".cache")
-    result = run_sweep(args.hw, args.model, args.group_sizes, args.act_bits, overrides=parse_set(args.overrides),
-                       timing_only=args.timing_only, cache_dir=cache_dir, jobs=args.jobs, workers=args.workers,
-                       dask=args.dask, **_model_options(args))
+    result = run_sweep(args.hw, args.model, args.group_sizes, args.act_bits_axis, run_options(args),
+                       overrides=overrides, timing_only=args.timing_only, cache_dir=cache_dir, jobs=args.jobs,
+                       workers=args.workers, dask=args.dask)
     if result.points.empty:
         print("tersim: sweep interrupted before any point finished; nothing written", file=sys.stderr)
         return 130

@@ -25,6 +25,10 @@ class UnsupportedOpsError(TersimError):
         super().__init__(f"{source}: {len(offenders)} unsupported op(s): {listed}")
 
 
+class OptionError(TersimError, ValueError):
+    """A run option has a bad value or is unknown; the message names the Python keyword (or CLI flag)."""
+
+
 class DataError(TersimError):
     """An evaluation/calibration data file is missing or malformed."""
 

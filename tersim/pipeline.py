@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
 import numpy as np
 import pandas as pd
 
@@ -17,8 +15,8 @@ from tersim.data import load_inputs, model_classes, synthetic_inputs
 from tersim.engine.counts import layer_counts
 from tersim.engine.cycle_engine import LayerSimulation, simulate_network
 from tersim.engine.execute import dequantize_output, execute
-from tersim.errors import EngineError
 from tersim.frontend import Graph, execute_float, import_model
+from tersim.options import RunOptions
 from tersim.quantize.graph import QuantizedGraph, QuantizedLayer, quantize_graph
 from tersim.report.metrics import deviation
 from tersim.timing.analytic import baseline_layer_timing, layer_timing
@@ -28,7 +26,6 @@ from tersim.timing.summary import model_summary
 CALIBRATION_BATCH = 32
 BASELINE_ENERGY = ("energy_pj_compute", "energy_pj_sram", "energy_pj_dram", "energy_pj_total")
 SYNTHETIC_SAMPLES = 16
-Timing = Literal["engine", "analytic"]
 
 
 @dataclass
@@ -76,57 +73,45 @@ class Prepared:
     qgraph: QuantizedGraph
 
 
-def prepare(
-    hw: Accelerator | str | Path,
-    model: Graph | str | Path,
-    *,
-    data: str | Path | tuple[np.ndarray, np.ndarray | None] | None = None,
-    group_size: int | None = None,
-    act_bits: int | None = None,
-    method: str | None = None,
-    first_last: str | None = None,
-    limit: int | None = None,
-    input_shape: tuple[int, ...] | None = None,
-    trust_pickle: bool = False,
-) -> Prepared:
-    """Load the hardware, the model and the data, calibrate on the first batches and quantize."""
+def prepare(hw: Accelerator | str | Path, model: Graph | str | Path, options: RunOptions) -> Prepared:
+    """Load the hardware (with `options` folded in), the model and the data, calibrate on the first batches
+    and quantize."""
     if not isinstance(hw, Accelerator):
         hw = load_accelerator(hw)
-    graph = model if isinstance(model, Graph) else import_model(model, input_shape=input_shape, trust_pickle=trust_pickle)
-    if data is None:
+    hw = options.apply(hw)
+    graph = model if isinstance(model, Graph) else import_model(model, input_shape=options.input_shape,
+                                                                trust_pickle=options.trust_pickle)
+    if options.data is None:
         x, y = synthetic_inputs(graph.input_shape, SYNTHETIC_SAMPLES), None
     else:
-        x, y = load_inputs(data, graph.input_shape, model_classes(graph))
-    if limit is not None:
-        x, y = x[:limit], (y[:limit] if y is not None else None)
+        x, y = load_inputs(options.data, graph.input_shape, model_classes(graph))
+    if options.limit is not None:
+        x, y = x[:options.limit], (y[:options.limit] if y is not None else None)
     calibration = list(_batches(x, CALIBRATION_BATCH))[: hw.quantization.calibration_batches]
-    qgraph = quantize_graph(graph, calibration, hw, group_size=group_size, act_bits=act_bits,
-                            method=method, first_last=first_last)
-    return Prepared(hw, graph, x, y, qgraph)
+    return Prepared(hw, graph, x, y, quantize_graph(graph, calibration, hw))
 
 
 def run(
     hw: Accelerator | str | Path,
     model: Graph | str | Path,
+    options: RunOptions | None = None,
     *,
-    batch_size: int = 64,
     progress: bool = False,
-    timing: Timing = "engine",
-    **options,
+    **changes,
 ) -> RunResult:
     """Ternarize `model` with FGQ, execute it bit-exactly on the integer engine and time it on `hw`.
 
-    timing="engine" steps the first input sample through the cycle-level array, layer by layer (outputs
-    checked bit for bit against the integer kernels, cycles against the analytic model); "analytic"
-    only evaluates the closed forms (what sweeps use). `options` are those of `prepare` (data,
-    group_size, act_bits, method, first_last, limit, input_shape, trust_pickle).
+    `options` (a RunOptions) and/or its fields as keywords (data, group_size, act_bits, method, first_last,
+    limit, batch_size, timing, input_shape, trust_pickle); keywords win. timing="engine" steps the first
+    input sample through the cycle-level array, layer by layer (outputs checked bit for bit against the
+    integer kernels, cycles against the analytic model); "analytic" only evaluates the closed forms.
     """
-    if timing not in ("engine", "analytic"):
-        raise EngineError(f"timing must be 'engine' or 'analytic', got {timing!r}")
-    p = prepare(hw, model, **options)
+    options = RunOptions.of(options, **changes)
+    p = prepare(hw, model, options)
     hw, graph, x, y, qgraph = p.hw, p.graph, p.x, p.y, p.qgraph
 
     reference, quantized, overflow = [], [], {}
+    batch_size = options.batch_size
     batches = _batches(x, batch_size)
     if progress:
         from tqdm import tqdm
@@ -139,7 +124,7 @@ def run(
         for name, events in result.overflow_events.items():
             overflow[name] = overflow.get(name, 0) + events
     metrics = deviation(np.concatenate(reference), np.concatenate(quantized), y)
-    simulated = _simulate(graph, qgraph, hw, x) if timing == "engine" else None
+    simulated = _simulate(graph, qgraph, hw, x) if options.timing == "engine" else None
     return tabulate(graph, qgraph, hw, samples=len(x), labelled=y is not None, overflow=overflow, metrics=metrics,
                     simulated=simulated)
 

@@ -32,10 +32,11 @@ from tersim.errors import ConfigError, TersimError, one_line
 from tersim.report.optional import require
 from tersim.files import ensure_dir, safe_name, write_text_atomic
 from tersim.frontend import Graph
+from tersim.options import OPTION_BY_PATH, RunOptions
 
 KEY_COLUMNS = ("model", "hw", "group_size", "act_bits")
-POINT_FIELDS = {"group_scaling.group_size": "--group-sizes", "pe.act_bits": "--act-bits"}
-Combo = tuple[tuple[str, object], ...]  # the --set values of one point, as (field path, value) pairs
+AXES = {"group_scaling.group_size": "group_sizes", "pe.act_bits": "act_bits"}  # swept by run_sweep's arguments
+Combo = tuple[tuple[str, object], ...]  # the override values of one point, as (field path, value) pairs
 
 
 # --- the plan: which points, on which hardware ---------------------------------------------------------
@@ -53,32 +54,31 @@ def parse_set(items: Sequence[str]) -> dict[str, list]:
     return overrides
 
 
-def hardware_points(hw: Accelerator, overrides: Mapping[str, Sequence]) -> list[tuple[Combo, Accelerator]]:
-    """Every combination of override values, each validated now: a bad field fails before any work."""
+def hardware_points(hw: Accelerator, overrides: Mapping[str, Sequence],
+                    options: RunOptions) -> list[tuple[Combo, Accelerator]]:
+    """Every combination of override values, each validated now: a bad field fails before any work.
+    A swept field may be neither a sweep axis nor a hardware option the run fixes (`options`)."""
+    fixed = options.hardware_overrides()
     for path in overrides:
-        if path in POINT_FIELDS:
-            raise ConfigError(f"--set '{path}': sweep it with {POINT_FIELDS[path]} instead")
+        if path in AXES:
+            raise ConfigError(f"overrides: '{path}' is a sweep axis: give its values as {AXES[path]}")
+        if path in fixed:
+            raise ConfigError(f"overrides: '{path}' is swept and also fixed by the option "
+                              f"{OPTION_BY_PATH[path].name}={fixed[path]!r}: give one of them")
     paths = list(overrides)
     combos = [tuple(zip(paths, values)) for values in itertools.product(*(overrides[p] for p in paths))]
     return [(combo, hw.with_overrides(dict(combo))) for combo in combos]
 
 
 @dataclass(frozen=True)
-class Settings:
-    """What every point shares besides the model, data and hardware."""
-
-    method: str | None = None
-    first_last: str | None = None
-    limit: int | None = None
-    timing_only: bool = False
-
-
-@dataclass(frozen=True)
 class Point:
+    """One sweep point: `run(hw, model, options)` with `hw` the config plus the point's overrides."""
+
     group_size: int
     act_bits: int
     combo: Combo
-    hw: Accelerator
+    hw: Accelerator          # the config with the point's overrides, before `options` are folded in
+    options: RunOptions      # the run's options with this point's group size and activation bits
     key: str
 
 
@@ -87,6 +87,7 @@ class Task:
     """A unit of work for one worker: points sharing N and overrides (timing-only ternarizes them once)."""
 
     points: tuple[Point, ...]
+    timing_only: bool = False
 
 
 # --- content hashes ---------------------------------------------------------------------------------------
@@ -118,12 +119,11 @@ def data_digest(data: tuple[np.ndarray, np.ndarray | None] | None) -> str | None
     return h.hexdigest()
 
 
-def point_key(graph_hash: str, data_hash: str | None, hw: Accelerator, group_size: int, act_bits: int,
-              settings: Settings) -> str:
-    """Cache key: everything a point's result depends on, including the tersim version."""
-    payload = {"graph": graph_hash, "data": None if settings.timing_only else data_hash,
-               "hw": hw.model_dump(mode="json"), "group_size": group_size, "act_bits": act_bits,
-               "settings": vars(settings), "timing": "analytic", "version": __version__}
+def point_key(graph_hash: str, data_hash: str | None, hw: Accelerator, options: RunOptions, timing_only: bool) -> str:
+    """Cache key: everything a point's result depends on (`hw` with the options folded in), and the version."""
+    payload = {"graph": graph_hash, "data": None if timing_only else data_hash,
+               "hw": hw.model_dump(mode="json"), "limit": None if timing_only else options.limit,
+               "timing": options.timing, "timing_only": timing_only, "version": __version__}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -172,36 +172,33 @@ def _native(value: object) -> object:
 
 
 # --- evaluating points (runs on workers) -----------------------------------------------------------------
-def evaluate_task(graph: Graph, data: tuple[np.ndarray, np.ndarray | None] | None, task: Task,
-                  settings: Settings) -> list[tuple[str, PointResult]]:
-    """Compute the points of `task` (they share N and the hardware overrides)."""
-    if settings.timing_only:
-        results = _timing_only(graph, task.points, settings)
+def evaluate_task(graph: Graph, data: tuple[np.ndarray, np.ndarray | None] | None,
+                  task: Task) -> list[tuple[str, PointResult]]:
+    """Compute the points of `task` (they share N and the hardware overrides): each is `pipeline.run`."""
+    if task.timing_only:
+        results = _timing_only(graph, task.points)
     else:
         from tersim.pipeline import run
 
-        results = [run(p.hw, graph, data=data, group_size=p.group_size, act_bits=p.act_bits, method=settings.method,
-                       first_last=settings.first_last, limit=settings.limit, timing="analytic")
-                   for p in task.points]
+        results = [run(p.hw, graph, p.options.replace(data=data)) for p in task.points]
     return [(p.key, PointResult(_plain(r.summary.iloc[0].to_dict()), r.layers))
             for p, r in zip(task.points, results)]
 
 
-def _timing_only(graph: Graph, points: Sequence[Point], settings: Settings) -> list:
+def _timing_only(graph: Graph, points: Sequence[Point]) -> list:
     """Quantization stats and analytic timing without executing the network: weights are ternarized once
     for all act_bits; activation formats come from one synthetic sample (timing does not depend on them)."""
     from tersim.data import synthetic_inputs
     from tersim.pipeline import tabulate
     from tersim.quantize.graph import quantize_graph, quantize_weights
 
-    first = points[0]
-    weights = quantize_weights(graph, first.hw, first.group_size, settings.method, settings.first_last)
+    weights = quantize_weights(graph, points[0].options.apply(points[0].hw))
     calibration = [synthetic_inputs(graph.input_shape, 1)]
     results = []
     for p in points:
-        qgraph = quantize_graph(graph, calibration, p.hw, p.group_size, p.act_bits, settings.method,
-                                settings.first_last, weights=weights)
-        results.append(tabulate(graph, qgraph, p.hw, samples=0, labelled=False))
+        hw = p.options.apply(p.hw)
+        results.append(tabulate(graph, quantize_graph(graph, calibration, hw, weights=weights), hw,
+                                samples=0, labelled=False))
     return results
 
 
@@ -213,9 +210,9 @@ def _plain(row: dict) -> dict:
 Results = Iterator[list[tuple[str, PointResult]]]
 
 
-def _serial(tasks: list[Task], graph: Graph, data, settings: Settings) -> Results:
+def _serial(tasks: list[Task], graph: Graph, data) -> Results:
     for task in tasks:
-        yield evaluate_task(graph, data, task, settings)
+        yield evaluate_task(graph, data, task)
 
 
 _WORKER: dict = {}
@@ -227,11 +224,11 @@ def _init_worker(graph: Graph, data) -> None:
     _WORKER.update(graph=graph, data=data)
 
 
-def _pool_task(task: Task, settings: Settings) -> list[tuple[str, PointResult]]:
-    return evaluate_task(_WORKER["graph"], _WORKER["data"], task, settings)
+def _pool_task(task: Task) -> list[tuple[str, PointResult]]:
+    return evaluate_task(_WORKER["graph"], _WORKER["data"], task)
 
 
-def _processes(tasks: list[Task], graph: Graph, data, settings: Settings, jobs: int) -> Results:
+def _processes(tasks: list[Task], graph: Graph, data, jobs: int) -> Results:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -239,13 +236,13 @@ def _processes(tasks: list[Task], graph: Graph, data, settings: Settings, jobs: 
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(graph, data))
     try:
-        for future in as_completed([pool.submit(_pool_task, t, settings) for t in tasks]):
+        for future in as_completed([pool.submit(_pool_task, t) for t in tasks]):
             yield future.result()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _dask(tasks: list[Task], graph: Graph, data, settings: Settings, dask: object, workers: int | None) -> Results:
+def _dask(tasks: list[Task], graph: Graph, data, dask: object, workers: int | None) -> Results:
     """On a dask.distributed cluster: `dask` is a Client or a scheduler address; else a LocalCluster of `workers`."""
     distributed = require("distributed", extra="dask")
     Client, LocalCluster, as_completed = distributed.Client, distributed.LocalCluster, distributed.as_completed
@@ -258,13 +255,13 @@ def _dask(tasks: list[Task], graph: Graph, data, settings: Settings, dask: objec
         try:
             client = Client(dask if dask is not None else owned[0], timeout="20s")
         except (OSError, ValueError, TypeError) as exc:
-            raise TersimError(f"--dask {dask}: cannot reach the scheduler: {one_line(exc)}") from None
+            raise TersimError(f"dask={dask!r}: cannot reach the scheduler: {one_line(exc)}") from None
         owned.insert(0, client)
     futures = []
     try:
         graph_f = client.scatter(graph, broadcast=True)
         data_f = client.scatter(data, broadcast=True) if data is not None else None
-        futures = [client.submit(evaluate_task, graph_f, data_f, t, settings, pure=False) for t in tasks]
+        futures = [client.submit(evaluate_task, graph_f, data_f, t, pure=False) for t in tasks]
         for future in as_completed(futures):
             yield future.result()
     finally:
@@ -287,18 +284,6 @@ class SweepResult:
     key_columns: list[str] = field(default_factory=list)
 
 
-def _load_model(model: Graph | str | Path, input_shape, trust_pickle: bool) -> Graph:
-    from tersim.frontend import import_model
-
-    return model if isinstance(model, Graph) else import_model(model, input_shape=input_shape, trust_pickle=trust_pickle)
-
-
-def _load_data(data, graph: Graph) -> tuple[np.ndarray, np.ndarray | None] | None:
-    from tersim.data import load_inputs, model_classes
-
-    return None if data is None else load_inputs(data, graph.input_shape, model_classes(graph))
-
-
 def is_zoo_name(model: object) -> bool:
     """A zoo name given instead of a file: random weights, so accuracy means nothing."""
     from tersim.models.zoo import ZOO
@@ -311,36 +296,42 @@ def run_sweep(
     model: Graph | str | Path,
     group_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
     act_bits: Sequence[int] = (8, 4),
+    options: RunOptions | None = None,
     *,
     overrides: Mapping[str, Sequence] | None = None,
-    data: str | Path | tuple[np.ndarray, np.ndarray | None] | None = None,
-    limit: int | None = None,
-    method: str | None = None,
-    first_last: str | None = None,
     timing_only: bool | None = None,
     cache_dir: str | Path | None = None,
     progress: bool | None = None,
     jobs: int | None = None,
     workers: int | None = None,
     dask: object = None,
-    input_shape: tuple[int, ...] | None = None,
-    trust_pickle: bool = False,
+    **changes,
 ) -> SweepResult:
     """Evaluate every (overrides, N, act_bits) point; Ctrl-C returns the finished points with interrupted=True.
 
+    Each point is `pipeline.run(hw + overrides, model, options + (N, act_bits))`: `options` (a RunOptions)
+    and/or its fields as keywords (data, limit, method, first_last, input_shape, trust_pickle, ...);
+    timing is analytic unless `timing` is given.
     overrides: field path -> values, e.g. {"array.rows": [8, 16, 32]}; every combination is a hardware point.
     timing_only: skip execution and accuracy (quantization stats + analytic timing); None = only for a zoo
       name without data (random weights). cache_dir: None = no cache. progress: None = when stderr is a tty.
     jobs: local worker processes; workers: a dask LocalCluster of that many; dask: a Client or scheduler address.
     """
+    from tersim.data import load_inputs
+    from tersim.frontend import import_model
+
+    options = RunOptions.of(options, **changes)
+    if "timing" not in options.model_fields_set:
+        options = options.replace(timing="analytic")
     hw = hw if isinstance(hw, Accelerator) else load_accelerator(hw)
-    hw_points = hardware_points(hw, overrides or {})
+    hw_points = hardware_points(hw, overrides or {}, options)
     if timing_only is None:
-        timing_only = data is None and is_zoo_name(model)
-    graph = _load_model(model, input_shape, trust_pickle)
-    dataset = None if timing_only else _load_data(data, graph)
-    settings = Settings(method=method, first_last=first_last, limit=None if timing_only else limit,
-                        timing_only=timing_only)
+        timing_only = options.data is None and is_zoo_name(model)
+    graph = model if isinstance(model, Graph) else import_model(model, input_shape=options.input_shape,
+                                                                trust_pickle=options.trust_pickle)
+    dataset = None if timing_only or options.data is None else load_inputs(options.data, graph.input_shape)
+    if timing_only:
+        options = options.replace(limit=None)
 
     graph_hash, data_hash = graph_digest(graph), data_digest(dataset)
     tasks: list[Task] = []
@@ -348,15 +339,15 @@ def run_sweep(
         for n in group_sizes:
             points = []
             for bits in act_bits:
-                hw_point = hw_combo.with_overrides({"group_scaling.group_size": n, "pe.act_bits": bits})
-                key = point_key(graph_hash, data_hash, hw_point, n, bits, settings)
-                points.append(Point(n, bits, combo, hw_point, key))
-            tasks += [Task(tuple(points))] if timing_only else [Task((p,)) for p in points]
-    return _collect(tasks, graph, dataset, settings, PointCache(cache_dir), progress, jobs, workers, dask,
+                point_options = options.replace(group_size=n, act_bits=bits, data=None)
+                key = point_key(graph_hash, data_hash, point_options.apply(hw_combo), point_options, timing_only)
+                points.append(Point(n, bits, combo, hw_combo, point_options, key))
+            tasks += [Task(tuple(points), True)] if timing_only else [Task((p,)) for p in points]
+    return _collect(tasks, graph, dataset, PointCache(cache_dir), progress, jobs, workers, dask,
                     [path for path in (overrides or {})])
 
 
-def _collect(tasks: list[Task], graph: Graph, data, settings: Settings, cache: PointCache, progress: bool | None,
+def _collect(tasks: list[Task], graph: Graph, data, cache: PointCache, progress: bool | None,
              jobs: int | None, workers: int | None, dask: object, paths: list[str]) -> SweepResult:
     """Serve cached points, compute the rest with the chosen executor, cache each as it finishes."""
     from tqdm import tqdm
@@ -364,18 +355,18 @@ def _collect(tasks: list[Task], graph: Graph, data, settings: Settings, cache: P
     all_points = [p for t in tasks for p in t.points]
     done = {p.key: r for p in all_points if (r := cache.get(p.key)) is not None}
     cached = len(done)
-    todo = [Task(rest) for t in tasks if (rest := tuple(p for p in t.points if p.key not in done))]
+    todo = [Task(rest, t.timing_only) for t in tasks if (rest := tuple(p for p in t.points if p.key not in done))]
     if progress is None:
         progress = sys.stderr.isatty()
     bar = tqdm(total=len(all_points), initial=cached, desc="sweep", unit="point", disable=not progress)
     if not todo:
         results: Results = iter(())
     elif dask is not None or workers:
-        results = _dask(todo, graph, data, settings, dask, workers)
+        results = _dask(todo, graph, data, dask, workers)
     elif jobs and jobs > 1:
-        results = _processes(todo, graph, data, settings, jobs)
+        results = _processes(todo, graph, data, jobs)
     else:
-        results = _serial(todo, graph, data, settings)
+        results = _serial(todo, graph, data)
     interrupted = False
     try:
         for finished in results:
@@ -411,10 +402,10 @@ def _frames(points: list[Point], done: dict[str, PointResult], paths: list[str])
 
 
 def sweep(hw: Accelerator | str | Path, model: Graph | str | Path, group_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
-          act_bits: Sequence[int] = (8, 4), **options) -> pd.DataFrame:
-    """One DataFrame row per point (options as for `run_sweep`); Ctrl-C raises KeyboardInterrupt, the finished
+          act_bits: Sequence[int] = (8, 4), options: RunOptions | None = None, **kwargs) -> pd.DataFrame:
+    """One DataFrame row per point (arguments as for `run_sweep`); Ctrl-C raises KeyboardInterrupt, the finished
     points stay in the cache."""
-    result = run_sweep(hw, model, group_sizes, act_bits, **options)
+    result = run_sweep(hw, model, group_sizes, act_bits, options, **kwargs)
     if result.interrupted:
         raise KeyboardInterrupt
     return result.points

@@ -15,8 +15,11 @@ from tersim.config import Accelerator
 from tersim.engine.cycle_engine import stepped_matches
 from tersim.engine.execute import execute, numba_backend, torch_reference_backend
 from tersim.frontend import Graph, execute_float
+from tersim.options import RunOptions
 from tersim.pipeline import prepare
 from tersim.report.metrics import deviation
+
+VERIFY_LIMIT = 256  # samples compared when no limit is given: the torch reference is slow
 
 
 @dataclass
@@ -32,19 +35,16 @@ class VerifyResult:
 def verify(
     hw: Accelerator | str | Path,
     model: Graph | str | Path,
-    *,
-    data: str | Path | None = None,
-    group_size: int | None = None,
-    act_bits: int | None = None,
-    method: str | None = None,
-    first_last: str | None = None,
-    limit: int | None = 256,
-    input_shape: tuple[int, ...] | None = None,
-    trust_pickle: bool = False,
+    options: RunOptions | None = None,
+    **changes,
 ) -> VerifyResult:
-    """Run both backends on the same quantized model and inputs and compare every node's integers."""
-    p = prepare(hw, model, data=data, group_size=group_size, act_bits=act_bits, method=method,
-                first_last=first_last, limit=limit, input_shape=input_shape, trust_pickle=trust_pickle)
+    """Run both backends on the same quantized model and inputs and compare every node's integers.
+
+    `options`/keywords as for `run` (`batch_size` and `timing` do not apply); without either, at most
+    VERIFY_LIMIT samples."""
+    if options is None and "limit" not in changes:
+        changes["limit"] = VERIFY_LIMIT
+    p = prepare(hw, model, RunOptions.of(options, **changes))
     graph, x, y, qgraph = p.graph, p.x, p.y, p.qgraph
 
     simulated = execute(qgraph, x, numba_backend())

@@ -48,7 +48,7 @@ def _cfg(**kw) -> FinetuneConfig:
 def _calibrated(graph, act_bits=(8,)) -> GraphNet:
     net = GraphNet(graph)
     x, _ = load_dataset("examples/digits_train.npz")
-    net.calibrate([x[:32]], Accelerator(), 64, list(act_bits), "exact", "int8")
+    net.calibrate([x[:32]], Accelerator().with_overrides({"group_scaling.group_size": 64}), list(act_bits))
     return net
 
 
@@ -245,7 +245,7 @@ def test_written_model_reimports_to_trained_codes(graph, data, tmp_path):
     path = save_model(result, tmp_path / "ft.pt2")
     reimported = import_model(path)
     hw = Accelerator()
-    q = quantize_graph(reimported, result.calibration, hw, group_size=64, act_bits=8)
+    q = quantize_graph(reimported, result.calibration, hw.with_overrides({"group_scaling.group_size": 64}))
     trained = result.net.weighted_names()
     written = [layer for layer in q.layers.values() if layer.weight_kind is not None]
     assert len(written) == len(trained)

@@ -11,6 +11,7 @@ from tersim.cli import main
 from tersim.config import Accelerator
 from tersim.engine.execute import dequantize_output, execute
 from tersim.frontend import execute_float, lower_module
+from tersim.options import RunOptions
 from tersim.pipeline import run
 from tersim.quantize.graph import quantize_graph
 from tersim.verify import verify
@@ -69,7 +70,7 @@ def residual_graph(residual_files):
 def test_formats_follow_the_contract(residual_graph):
     hw = Accelerator()
     calib = [np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)]
-    q = quantize_graph(residual_graph, calib, hw, group_size=4, act_bits=4)
+    q = quantize_graph(residual_graph, calib, hw.with_overrides({"group_scaling.group_size": 4, "pe.act_bits": 4}))
     assert q.input_format.bits == 8 and q.input_format.signed
     weighted = [l for l in q.layers.values() if l.weight_kind]
     assert weighted[0].weight_kind == "int8" and weighted[-1].weight_kind == "int8"
@@ -88,7 +89,7 @@ def test_engine_approximates_fp32_when_quantization_is_fine(residual_graph):
     """N=1 ternary weights are exact up to alpha rounding: the integer engine must track the float model."""
     hw = Accelerator().with_overrides({"group_scaling.scale_bits": 16})
     x = np.random.default_rng(1).standard_normal((32, 3, 8, 8)).astype(np.float32)
-    q = quantize_graph(residual_graph, [x], hw, group_size=1, act_bits=8, first_last="ternary")
+    q = quantize_graph(residual_graph, [x], RunOptions.of(group_size=1, act_bits=8, first_last="ternary").apply(hw))
     out = dequantize_output(q, execute(q, x).output(q))
     ref = execute_float(residual_graph, x)
     cosine = np.sum(out * ref) / (np.linalg.norm(out) * np.linalg.norm(ref))

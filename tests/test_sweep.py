@@ -16,6 +16,7 @@ from tersim.config import load_accelerator
 from tersim.data import load_dataset
 from tersim.errors import ConfigError
 from tersim.frontend import import_model
+from tersim.options import RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, DATA, HW = ROOT / "examples/digits_resnet.pt2", ROOT / "examples/digits_test.npz", ROOT / "hw_configs/default.yaml"
@@ -83,14 +84,21 @@ def test_second_run_comes_from_the_cache(small, graph, data, monkeypatch):
 
 def test_cache_key_follows_the_content(graph, data):
     hw = load_accelerator(HW)
-    settings = sweeps.Settings(limit=LIMIT)
+    options = RunOptions.of(limit=LIMIT, timing="analytic")
+
+    def key_of(graph_hash, data_hash, hw, options=options, timing_only=False):
+        return sweeps.point_key(graph_hash, data_hash, options.apply(hw), options, timing_only)
+
     g, d = sweeps.graph_digest(graph), sweeps.data_digest(data)
-    key = sweeps.point_key(g, d, hw, 4, 8, settings)
-    assert key == sweeps.point_key(sweeps.graph_digest(import_model(MODEL)), d, hw, 4, 8, settings)
-    assert key != sweeps.point_key(g, d, hw.with_overrides({"array.rows": 8}), 4, 8, settings)
-    assert key != sweeps.point_key(g, sweeps.data_digest((data[0][:-1], data[1][:-1])), hw, 4, 8, settings)
-    assert key != sweeps.point_key(g, d, hw, 4, 8, sweeps.Settings(limit=LIMIT + 1))
-    assert key != sweeps.point_key(g, d, hw, 8, 8, settings)
+    key = key_of(g, d, hw)
+    assert key == key_of(sweeps.graph_digest(import_model(MODEL)), d, hw)
+    assert key != key_of(g, d, hw.with_overrides({"array.rows": 8}))
+    assert key != key_of(g, sweeps.data_digest((data[0][:-1], data[1][:-1])), hw)
+    assert key != key_of(g, d, hw, options.replace(limit=LIMIT + 1))
+    assert key != key_of(g, d, hw, options.replace(group_size=8))
+    assert key != key_of(g, d, hw, options.replace(method="twn"))
+    assert key != key_of(g, d, hw, options.replace(timing="engine"))
+    assert key == key_of(g, d, hw, options.replace(batch_size=3))   # batching does not change a result
 
 
 def _ctrl_c_on_call(monkeypatch, n: int) -> list:

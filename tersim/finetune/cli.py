@@ -8,7 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tersim.cli import finite_float, input_shape_arg, positive_int
+from tersim.options import (RunOptions, add_hardware_flags, finite_float, hardware_args, input_shape_arg,
+                            positive_int)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DEFAULT_TRAIN = EXAMPLES / "digits_train.npz"
@@ -35,12 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                  "shape fits the model); 'none' to skip")
     p.add_argument("--hw", help="hardware config YAML: group size, activation bits, ternarization method, "
                                 "first/last policy, calibration batches (default: built-in defaults)")
-    p.add_argument("--group-size", "-N", type=positive_int, help="FGQ group size N (default: from the hw config)")
-    p.add_argument("--act-bits", type=int, choices=(8, 4), help="activation bits (default: from the hw config)")
-    p.add_argument("--method", choices=METHODS, default="ste", help="fine-tuning method (default: ste)")
-    p.add_argument("--fgq-method", choices=("exact", "twn", "twn_asym"),
-                   help="ternarization rule, `run --method` (default: from the hw config)")
-    p.add_argument("--first-last", choices=("int8", "ternary"), help="first/last layer weights (default: config)")
+    p.add_argument("--method", dest="finetune_method", choices=METHODS, default="ste",
+                   help="fine-tuning method (default: ste)")
+    add_hardware_flags(p, rename={"method": ("--fgq-method",)})  # `run --method` is --fgq-method here
     p.add_argument("--epochs", type=positive_int, default=10, help="training epochs (default: 10)")
     p.add_argument("--lr", type=finite_float, default=1e-3, help="Adam learning rate, cosine-decayed to 0 (default: 1e-3)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="(default: 64)")
@@ -85,8 +83,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from tersim.finetune.train import FinetuneConfig, finetune, save_model
     from tersim.frontend import import_model
 
-    hw = load_accelerator(args.hw) if args.hw else Accelerator()
-    graph = import_model(args.model, input_shape=args.input_shape, trust_pickle=args.trust_pickle)
+    options = RunOptions.of(input_shape=args.input_shape, trust_pickle=args.trust_pickle, **hardware_args(args))
+    hw = options.apply(load_accelerator(args.hw) if args.hw else Accelerator())
+    graph = import_model(args.model, input_shape=options.input_shape, trust_pickle=options.trust_pickle)
     train_path = Path(args.data) if args.data else DEFAULT_TRAIN
     train = _load(train_path, graph, "data")
     val, val_path = None, None
@@ -102,9 +101,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     ckpt_dir = None if args.no_checkpoints else Path(args.checkpoint_dir or output.with_name(output.stem + "_checkpoints"))
 
     cfg = FinetuneConfig(
-        group_size=args.group_size or hw.group_scaling.group_size, act_bits=args.act_bits or hw.pe.act_bits,
-        method=args.method, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-        fgq_method=args.fgq_method or hw.quantization.method, first_last=args.first_last or hw.quantization.first_last,
+        group_size=hw.group_scaling.group_size, act_bits=hw.pe.act_bits,
+        method=args.finetune_method, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+        fgq_method=hw.quantization.method, first_last=hw.quantization.first_last,
         schedule=args.schedule, sp_start=args.sp_start, sp_full=args.sp_full, kd_lambda=args.kd_lambda,
         kd_temperature=args.kd_temperature, kd_features=tuple(args.kd_features),
         kd_feature_weight=args.kd_feature_weight, kd_teacher=args.kd_teacher)
@@ -127,8 +126,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if val is not None and not args.no_engine_eval:
         from tersim.pipeline import run
 
-        ran = run(hw, output, data=val, group_size=cfg.group_size, act_bits=cfg.act_bits, method=cfg.fgq_method,
-                  first_last=cfg.first_last)
+        ran = run(hw, output, cfg.quantization().replace(data=val))
         s = ran.summary.iloc[0]
         print(f"integer engine (tersim run) on {val_path}: accuracy {s.accuracy_quant:.2%} "
               f"(FP32 of the fine-tuned weights {s.accuracy_fp32:.2%})")

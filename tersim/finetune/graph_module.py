@@ -171,14 +171,14 @@ class GraphNet(nn.Module):
         return Graph(self.graph.name, nodes, self.graph.output)
 
     @torch.no_grad()
-    def calibrate(self, calibration: list[np.ndarray], hw: Accelerator, group_size: int,
-                  act_bits: list[int] | tuple[int, ...], method: str, first_last: str) -> None:
-        """Recompute every activation format with `run`'s own calibration on the current weights."""
-        self.group_size, self.fgq_method, self.scale_bits = group_size, method, hw.group_scaling.scale_bits
+    def calibrate(self, calibration: list[np.ndarray], hw: Accelerator, act_bits: list[int] | tuple[int, ...]) -> None:
+        """Recompute every activation format with `run`'s own calibration on the current weights, for each
+        width in `act_bits` (a progressive schedule's stages may use widths the hardware has not)."""
+        self.group_size, self.fgq_method = hw.group_scaling.group_size, hw.quantization.method
+        self.scale_bits = hw.group_scaling.scale_bits
         graph = self.to_graph()
         for bits in sorted(set(act_bits)):
-            self.qgraphs[bits] = quantize_graph(graph, calibration, hw, group_size=group_size, act_bits=bits,
-                                                method=method, first_last=first_last)
+            self.qgraphs[bits] = quantize_graph(graph, calibration, hw, act_bits=bits)
 
     def formats(self, act_bits: int) -> dict[str, ActFormat]:
         return {name: layer.out for name, layer in self._qgraph(act_bits).layers.items()}

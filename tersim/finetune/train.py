@@ -39,6 +39,7 @@ from tersim.finetune.graph_module import FLOAT_PLAN, FloatExport, GraphNet
 from tersim.finetune.methods import (METHODS, FinetuneError, JointKD, Method, Progressive, Stochastic,
                                      parse_schedule, default_schedule)
 from tersim.frontend import Graph, import_model
+from tersim.options import RunOptions
 from tersim.pipeline import CALIBRATION_BATCH
 from tersim.quantize.graph import quantize_graph
 
@@ -70,6 +71,11 @@ class FinetuneConfig:
     kd_features: tuple[str, ...] = ()  # kd: IR node names whose outputs are matched (normalised MSE)
     kd_feature_weight: float = 1.0   # kd: weight mu of the feature term
     kd_teacher: str = "joint"        # kd: 'joint' (trained alongside) or 'frozen' (the starting FP32 model)
+
+    def quantization(self) -> RunOptions:
+        """The run options this fine-tuning trains for (`tersim run` with them reproduces the trained codes)."""
+        return RunOptions.of(group_size=self.group_size, act_bits=self.act_bits, method=self.fgq_method,
+                             first_last=self.first_last)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -167,7 +173,7 @@ def finetune(
     write it with `save_model`.
     """
     config.validate()
-    hw = hw or Accelerator()
+    hw = config.quantization().apply(hw or Accelerator())
     graph = model if isinstance(model, Graph) else import_model(model)
     xt, yt = _check_labelled(train, graph, train_name)
     xv, yv = _check_labelled(val, graph, val_name) if val is not None else (None, None)
@@ -183,7 +189,7 @@ def finetune(
                    for i in range(0, len(xt), CALIBRATION_BATCH)][: hw.quantization.calibration_batches]
 
     def calibrate(net: GraphNet, bits: list[int]) -> None:
-        net.calibrate(calibration, hw, config.group_size, bits, config.fgq_method, config.first_last)
+        net.calibrate(calibration, hw, bits)
 
     net = GraphNet(graph)
     teacher = copy.deepcopy(net) if method.uses_teacher else None
@@ -358,8 +364,7 @@ def export_program(net: GraphNet) -> torch.export.ExportedProgram:
 
 def _datapath_params(graph: Graph, result: FinetuneResult) -> list[tuple]:
     cfg = result.config
-    q = quantize_graph(graph, result.calibration, result.hw, group_size=cfg.group_size, act_bits=cfg.act_bits,
-                       method=cfg.fgq_method, first_last=cfg.first_last)
+    q = quantize_graph(graph, result.calibration, result.hw)
     return [(layer.node.op, layer.weight_kind, layer.codes, layer.alpha_q, layer.alpha_frac)
             for layer in q.layers.values() if layer.weight_kind is not None]
 

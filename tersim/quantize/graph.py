@@ -132,22 +132,16 @@ def _quantize_weights(node: Node, group_size: int, method: str, scale_bits: int,
                 alpha_frac=alpha_frac, stats={k: float(v) for k, v in stats.items()})
 
 
-def quantize_weights(
-    graph: Graph,
-    hw: Accelerator,
-    group_size: int | None = None,
-    method: str | None = None,
-    first_last: str | None = None,
-) -> dict[str, dict]:
+def quantize_weights(graph: Graph, hw: Accelerator) -> dict[str, dict]:
     """Integer weights and fixed-point alphas of every conv/linear node, by node name.
 
-    They depend on N, the method, first_last and scale_bits but not on act_bits or the data, so a sweep
-    computes them once per N and hands them to `quantize_graph(weights=...)` for every act_bits.
+    They depend on N, the method, first_last and scale_bits (all read from `hw`) but not on act_bits or the
+    data, so a sweep computes them once per N and hands them to `quantize_graph(weights=...)` for every act_bits.
     """
-    group_size = group_size or hw.group_scaling.group_size
-    int8_layers = _int8_layer_names(graph, first_last or hw.quantization.first_last)
-    return {node.name: _quantize_weights(node, group_size, method or hw.quantization.method,
-                                         hw.group_scaling.scale_bits, node.name in int8_layers)
+    q = hw.quantization
+    int8_layers = _int8_layer_names(graph, q.first_last)
+    return {node.name: _quantize_weights(node, hw.group_scaling.group_size, q.method, hw.group_scaling.scale_bits,
+                                         node.name in int8_layers)
             for node in graph.weighted()}
 
 
@@ -155,27 +149,23 @@ def quantize_graph(
     graph: Graph,
     calibration: list[np.ndarray],
     hw: Accelerator,
-    group_size: int | None = None,
-    act_bits: int | None = None,
-    method: str | None = None,
-    first_last: str | None = None,
     weights: dict[str, dict] | None = None,
+    *,
+    act_bits: int | None = None,
 ) -> QuantizedGraph:
     """Ternarize every weighted layer with FGQ and give every tensor a DFP format.
 
-    Arguments left as None come from the hardware config (group_scaling.group_size, pe.act_bits,
-    quantization.method, quantization.first_last). `weights`, from `quantize_weights` with the same
-    graph, hw, group_size, method and first_last, skips re-ternarizing.
+    Everything comes from the hardware config (group_scaling.group_size, pe.act_bits, quantization.method,
+    quantization.first_last, ...): fold run options into it first (`RunOptions.apply`). `weights`, from
+    `quantize_weights` with the same graph and quantization settings, skips re-ternarizing. `act_bits`
+    is only for fine-tuning stages that calibrate formats at widths the hardware does not have
+    (default: hw.pe.act_bits).
     """
-    group_size = group_size or hw.group_scaling.group_size
-    act_bits = act_bits or hw.pe.act_bits
-    method = method or hw.quantization.method
-    first_last = first_last or hw.quantization.first_last
-    if group_size < 1:
-        raise ValueError(f"group size must be >= 1, got {group_size}")
+    group_size, act_bits = hw.group_scaling.group_size, act_bits or hw.pe.act_bits
+    method = hw.quantization.method
     scale_bits = hw.group_scaling.scale_bits
     if weights is None:
-        weights = quantize_weights(graph, hw, group_size, method, first_last)
+        weights = quantize_weights(graph, hw)
 
     max_abs = calibrate_max_abs(graph, calibration)
     fusions = _activation_fusions(graph)

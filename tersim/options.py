@@ -1,0 +1,184 @@
+"""Every option a run takes, declared once: `RunOptions`.
+
+`run`, `verify`, `sweep` (each point), `finetune`, the CLI and the Python API all take a `RunOptions`.
+Two kinds of fields:
+
+* hardware options (`hardware_option(...)`): a value that also lives in the hardware config, such as the FGQ
+  group size (`group_scaling.group_size`). None keeps the config's value. `RunOptions.apply(hw)` folds them
+  into the `Accelerator` once, through `Accelerator.with_overrides`, so the quantizer, the kernels, the
+  engine and the timing all read the same numbers from the one object (no second copy to disagree with).
+* run options: what to evaluate and how (data, limit, batch size, timing source, model loading).
+
+Adding a hardware option is one field here, next to its field in tersim/config/hardware.py: the CLI flag
+(`add_hardware_flags`), the override and the sweep's cache key follow from the declaration.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import typing
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tersim.config import Accelerator
+from tersim.errors import OptionError
+
+Timing = Literal["engine", "analytic"]
+Data = str | Path | tuple[np.ndarray, np.ndarray | None] | None
+
+
+class HardwareOption(NamedTuple):
+    """Where a hardware option lives: its RunOptions field, config path and CLI flag(s)."""
+
+    name: str              # RunOptions field and Python keyword, e.g. "group_size"
+    path: str              # dotted Accelerator field, e.g. "group_scaling.group_size"
+    flags: tuple[str, ...]  # CLI flags, e.g. ("--group-size", "-N")
+    help: str
+
+
+def hardware_option(path: str, *flags: str, help: str, **constraints: Any) -> Any:
+    """Declare a RunOptions field that overrides the Accelerator field `path` (None: the config's value)."""
+    return Field(None, description=help, json_schema_extra={"path": path, "flags": list(flags)}, **constraints)
+
+
+class RunOptions(BaseModel):
+    """The options of one run (frozen, validated). Hardware options left None come from the config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    # --- hardware options: folded into the Accelerator by `apply` ---
+    group_size: int | None = hardware_option("group_scaling.group_size", "--group-size", "-N", ge=1,
+                                             help="FGQ group size N")
+    act_bits: Literal[8, 4] | None = hardware_option("pe.act_bits", "--act-bits", help="activation bits")
+    method: Literal["exact", "twn", "twn_asym"] | None = hardware_option(
+        "quantization.method", "--method", help="ternarization method")
+    first_last: Literal["int8", "ternary"] | None = hardware_option(
+        "quantization.first_last", "--first-last", help="first/last layer weights")
+
+    # --- what to evaluate and how ---
+    data: Data = Field(None, description="labelled data file (.npz/.pt with x, y) or an (x, y) pair; "
+                                         "None: synthetic inputs, no accuracy")
+    limit: int | None = Field(None, ge=1, description="evaluate at most this many samples")
+    batch_size: int = Field(64, ge=1, description="samples per execution batch")
+    timing: Timing = Field("engine", description="engine: step the first sample through the cycle-level array; "
+                                                 "analytic: closed forms only")
+    input_shape: tuple[int, ...] | None = Field(None, description="C,H,W for TorchScript/pickled models")
+    trust_pickle: bool = Field(False, description="allow loading a pickled nn.Module (runs code from the file)")
+
+    @field_validator("input_shape")
+    @classmethod
+    def _positive_dims(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and (not value or any(d < 1 for d in value)):
+            raise ValueError(f"every dimension must be >= 1, got {value}")
+        return value
+
+    @classmethod
+    def of(cls, options: "RunOptions | None" = None, /, **changes: Any) -> "RunOptions":
+        """`options` (or the defaults) with `changes` applied, validated; errors name the Python keyword.
+        The fields given explicitly stay marked as such (`model_fields_set`)."""
+        base = {k: getattr(options, k) for k in options.model_fields_set} if options is not None else {}
+        try:
+            return cls(**{**base, **changes})
+        except ValidationError as exc:
+            raise OptionError(_describe(exc)) from None
+
+    def replace(self, **changes: Any) -> "RunOptions":
+        return RunOptions.of(self, **changes)
+
+    def hardware_overrides(self) -> dict[str, object]:
+        """The hardware options that are set, as {config path: value}."""
+        return {o.path: getattr(self, o.name) for o in HARDWARE_OPTIONS if getattr(self, o.name) is not None}
+
+    def apply(self, hw: Accelerator) -> Accelerator:
+        """`hw` with the hardware options folded in (the one override path; re-validated)."""
+        overrides = self.hardware_overrides()
+        return hw.with_overrides(overrides) if overrides else hw
+
+    def settings(self) -> dict[str, object]:
+        """The run options (not hardware, not data) as plain values, e.g. for a cache key."""
+        return {k: v for k, v in dict(self).items() if k not in HARDWARE_FIELDS and k != "data"}
+
+
+def _hardware_options() -> tuple[HardwareOption, ...]:
+    out = []
+    for name, info in RunOptions.model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and "path" in extra:
+            out.append(HardwareOption(name, str(extra["path"]), tuple(extra["flags"]), info.description or ""))
+    return tuple(out)
+
+
+HARDWARE_OPTIONS: tuple[HardwareOption, ...] = _hardware_options()
+HARDWARE_FIELDS = frozenset(o.name for o in HARDWARE_OPTIONS)
+OPTION_BY_PATH = {o.path: o for o in HARDWARE_OPTIONS}
+
+
+def _describe(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(options)"
+    if err["type"] == "extra_forbidden":
+        return f"unknown option '{where}'; options are {', '.join(RunOptions.model_fields)}"
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"option '{where}': {err['msg']}{more}"
+
+
+def choices(name: str) -> tuple | None:
+    """The allowed values of a Literal-typed option (None for free-form ones)."""
+    for arg in typing.get_args(RunOptions.model_fields[name].annotation):
+        if typing.get_origin(arg) is Literal:
+            return typing.get_args(arg)
+    return None
+
+
+# --- command-line parsing of option values (shared by every sub-command) ---
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def input_shape_arg(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--input-shape wants comma-separated ints like 1,8,8, got '{text}'") from None
+    if any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(f"--input-shape wants positive ints like 3,32,32, got '{text}'")
+    return shape
+
+
+def finite_float(text: str) -> float:
+    """A float that is a number (no inf or nan): a learning rate or weight of inf trains to NaN."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: '{text}'") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got '{text}'")
+    return value
+
+
+def add_hardware_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (),
+                       rename: dict[str, tuple[str, ...]] | None = None) -> None:
+    """One CLI flag per hardware option (dest = the RunOptions field), help and choices from its declaration.
+    `skip`: options the command sets another way (a sweep's axes); `rename`: other flags for an option."""
+    for opt in HARDWARE_OPTIONS:
+        if opt.name in skip:
+            continue
+        allowed = choices(opt.name)
+        kind = type(allowed[0]) if allowed else positive_int
+        flags = (rename or {}).get(opt.name, opt.flags)
+        parser.add_argument(*flags, dest=opt.name, type=kind, choices=allowed, default=None,
+                            help=f"{opt.help} (default: the config's {opt.path})")
+
+
+def hardware_args(args: argparse.Namespace) -> dict[str, object]:
+    """The hardware options parsed by `add_hardware_flags`, by RunOptions field."""
+    return {o.name: getattr(args, o.name) for o in HARDWARE_OPTIONS if hasattr(args, o.name)}
