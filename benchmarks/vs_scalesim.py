@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 
 from tersim.config import Accelerator  # noqa: E402
 from tersim.engine.cycle_engine import EngineResult, conv2d_engine, linear_engine  # noqa: E402
-from tersim.timing.analytic import SHORT, baseline_layer_timing, layer_timing  # noqa: E402
+from tersim.timing.analytic import baseline_layer_timing, layer_timing  # noqa: E402
+from tersim.timing.schedule import Dataflow  # noqa: E402
 from tersim.timing.scalesim_bridge import ENV_VAR, run_scalesim, scalesim_python  # noqa: E402
 from tersim.timing.shapes import LayerShape  # noqa: E402
 
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tersim_vs_scalesim_") as tmp:
         workdir = Path(args.workdir or tmp)
         print(f"running SCALE-Sim 3.0.0 ({python}) on {len(layers)} layers, {args.rows}x{args.cols} "
-              f"{SHORT[dataflow]} ...", flush=True)
+              f"{Dataflow.of(dataflow).short} ...", flush=True)
         theirs = run_scalesim(layers, args.rows, args.cols, dataflow, workdir, python=python)
     ours_s = time_tersim(layers, hw)
     tern = [layer_timing(s, hw) for s in layers]

@@ -13,7 +13,7 @@ import pandas as pd
 from tersim.config import Accelerator, load_accelerator
 from tersim.data import load_inputs, model_classes, synthetic_inputs
 from tersim.engine.counts import layer_counts
-from tersim.engine.cycle_engine import LayerSimulation, simulate_network
+from tersim.engine.checks import LayerSimulation, simulate_checked
 from tersim.engine.execute import dequantize_output, execute
 from tersim.frontend import Graph, execute_float, import_model
 from tersim.options import RunOptions
@@ -130,9 +130,9 @@ def run(
 
 
 def _simulate(graph: Graph, qgraph: QuantizedGraph, hw: Accelerator, x: np.ndarray) -> dict[str, LayerSimulation]:
-    """Cycle-stepped timings of every weighted layer (first sample)."""
+    """Cycle-stepped timings of every weighted layer (first sample), checked against the references."""
     shapes = {name: layer_shape(graph, layer) for name, layer in qgraph.layers.items() if layer.weight_kind}
-    return simulate_network(qgraph, hw, x, shapes)
+    return simulate_checked(qgraph, hw, x, shapes)
 
 
 def tabulate(

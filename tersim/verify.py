@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from tersim.config import Accelerator
-from tersim.engine.cycle_engine import stepped_matches
+from tersim.engine.checks import stepped_matches
 from tersim.engine.execute import execute, numba_backend, torch_reference_backend
 from tersim.frontend import Graph, execute_float
 from tersim.options import RunOptions

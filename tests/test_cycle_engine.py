@@ -202,3 +202,23 @@ def test_bad_input_is_one_clear_error():
         conv2d_engine(np.zeros((1, 2, 3, 3), np.int32), np.zeros((1, 2, 1, 1), np.int8), np.zeros((1, 1, 1, 2), np.int32),
                       np.zeros(1, np.int64), group_size=2, stride=1, padding=0, dilation=1, groups=1, acc_bits=32,
                       saturate=True, shift=0, out_lo=0, out_hi=255, hw=hw, name="l1")
+
+
+def test_kernel_counters_are_named_and_consistent():
+    """The Numba kernels' counters, unpacked once (GemmCounters): stepped = load + stream, and the
+    overhead split adds up to what is not streaming data."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, (1, 6, 5, 5)).astype(np.int32)
+    codes = rng.integers(-1, 2, (5, 6, 3, 3)).astype(np.int8)
+    alpha = rng.integers(1, 255, (5, 3, 3, 2)).astype(np.int32)
+    bias = rng.integers(-100, 100, 5).astype(np.int64)
+    for dataflow in ("weight_stationary", "input_stationary", "output_stationary"):
+        hw = make_hw(dataflow=dataflow, out_kib=0.05)    # a tiny output buffer: several T tiles (ws/is)
+        r = conv2d_engine(x, codes, alpha, bias, group_size=4, stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+                          groups=1, acc_bits=32, saturate=True, shift=4, out_lo=-128, out_hi=127, hw=hw)
+        c = r.counters
+        assert c.stepped == r.stepped_cycles == c.load + c.stream
+        assert c.group_sums == r.cycles.group_mults and c.group_stall == r.cycles.group_stall
+        assert c.reload_overhead == r.cycles.tile_reload
+        assert c.overflow_events == r.overflow_events
+        assert (c.reload_overhead > 0) == (dataflow != "output_stationary")

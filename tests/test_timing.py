@@ -8,15 +8,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tersim.config import Accelerator
-from tersim.timing.analytic import (
-    baseline_layer_timing,
-    compute_cycles,
-    gemm_dims,
-    layer_timing,
-    mult_pj,
-    num_folds,
-    queue_stall,
-)
+from tersim.timing.analytic import baseline_layer_timing, layer_timing, mult_pj
+from tersim.timing.schedule import Dataflow, compute_cycles, gemm_dims, num_folds, queue_stall
 from tersim.timing.shapes import LayerShape
 from tersim.timing.summary import equal_area_array, model_summary, paper_projection
 
@@ -405,3 +398,12 @@ def test_summary_fields_and_values():
 def test_paper_projection(n, expected):
     assert paper_projection(n) == pytest.approx(expected, rel=1e-6)
     assert paper_projection(10**9) == pytest.approx(16.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("name, short", [("weight_stationary", "ws"), ("output_stationary", "os"),
+                                         ("input_stationary", "is")])
+def test_dataflow_names(name, short):
+    assert Dataflow.of(name) is Dataflow.of(short) is Dataflow(name)
+    assert Dataflow.of(name).short == short
+    with pytest.raises(ValueError, match="unknown dataflow"):
+        Dataflow.of("row_stationary")

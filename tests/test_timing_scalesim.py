@@ -8,7 +8,8 @@ ws and is must match exactly; os matches SCALE-Sim's own count (rows + cols + T 
 import pytest
 
 from tersim.config import Accelerator
-from tersim.timing.analytic import compute_cycles, gemm_dims, layer_timing, num_folds
+from tersim.timing.analytic import layer_timing
+from tersim.timing.schedule import compute_cycles, gemm_dims, num_folds
 from tersim.timing.scalesim_bridge import run_scalesim, scalesim_python
 from tersim.timing.shapes import LayerShape
 

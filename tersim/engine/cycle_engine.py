@@ -13,23 +13,25 @@ tersim.timing.analytic builds the report row (bytes, memory stalls, energy) exac
 closed forms. int8-weight layers run on the same array: a PE multiplies (one MAC per cycle) instead of
 adding, and their scale is a group per kernel position. `zero_weights: skip` steps the weight
 compressor's schedule (tersim.timing.analytic.skip_plan): each column fold on its own kept K indices.
-The FP32 baseline steps the same kernels on float32 data (`baseline_gemm`).
+The FP32 baseline steps the same kernels on float32 data (`baseline_gemm`). The schedule itself (group
+ends, fold geometry, skip plans, ArrayCycles) is tersim.timing.schedule's, shared with the analytic model;
+checking a stepped network against the integer kernels and the closed forms is tersim.engine.checks'.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from tersim.config import Accelerator
 from tersim.errors import EngineError
 from tersim.kernels.common import check_conv, check_linear, max_abs
 from tersim.kernels.elementwise import requantize_int
-from tersim.kernels.systolic import QUEUE_NONE, QUEUE_PER_COLUMN, QUEUE_SHARED, run_os_gemm, run_stream_gemm
+from tersim.kernels.systolic import (N_COUNTERS, QUEUE_NONE, QUEUE_PER_COLUMN, QUEUE_SHARED, GemmCounters, run_os_gemm,
+                                     run_stream_gemm)
 from tersim.quantize.graph import QuantizedGraph, QuantizedLayer
-from tersim.timing.analytic import (SHORT, ArrayCycles, LayerTiming, OsFormula, SkipPlan, baseline_traffic,
-                                    group_ends, skip_plan, ternary_traffic)
+from tersim.timing.analytic import baseline_traffic, skip_plan, ternary_traffic
+from tersim.timing.schedule import ArrayCycles, Dataflow, OsFormula, SkipPlan, group_end_mask, group_index
 from tersim.timing.shapes import LayerShape
 
 FLOAT_LIMIT = 2**62  # "accumulator range" of the float baseline: never reached, no clamping
@@ -42,6 +44,7 @@ class EngineResult:
     y: np.ndarray            # int32 outputs, as tersim.kernels.conv2d_int / linear_int (float32 for the baseline)
     overflow_events: int
     cycles: ArrayCycles      # compute (SCALE-Sim convention), group-scale stalls, tile reloads, group multiplies
+    counters: GemmCounters   # everything the kernels counted
     stepped_cycles: int      # every cycle the kernels stepped
     pe_cycles: int           # rows * cols * stepped_cycles: the throughput measure
     shape: LayerShape        # the layer as the analytic model sees it
@@ -73,37 +76,36 @@ def _queue(hw: Accelerator) -> tuple[int, int]:
 def _run_gemms(xcol: np.ndarray, wcol: np.ndarray, ends: np.ndarray, gidx: np.ndarray, alpha: np.ndarray,
                bias: np.ndarray, rows: int, cols: int, dataflow: str, os_formula: OsFormula, t_tile: int,
                lo: int, hi: int, wrap: bool, queue: tuple[int, int], acc_dtype, psum_dtype,
-               plan: SkipPlan | None = None, shape: LayerShape | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Every conv group's GEMM on the array; returns accumulators (groups, P, N) and summed counters.
+               plan: SkipPlan | None = None, shape: LayerShape | None = None) -> tuple[np.ndarray, GemmCounters]:
+    """Every conv group's GEMM on the array; returns accumulators (groups, P, N) and the summed counters.
     With a skip `plan` each column fold runs on its own kept K indices (dropped ones are zero for every
     filter of the fold, so the sums are the same)."""
     groups, P, K = xcol.shape
     N = wcol.shape[0] // groups
     acc = np.zeros((groups, P, N), acc_dtype)
-    stats = np.zeros(8, np.int64)
+    stats = np.zeros(N_COUNTERS, np.int64)
     proto = np.zeros(1, psum_dtype)
-    df = SHORT[dataflow]
+    df = Dataflow.of(dataflow)
     if plan is not None:                      # ws / os only (is cannot skip)
         for g, f, kept in plan.folds():
             n0, n1 = f * cols, min((f + 1) * cols, N)
             w = np.ascontiguousarray(wcol[g * N + n0:g * N + n1][:, kept])
             a, b, out = alpha[g * N + n0:g * N + n1], bias[g * N + n0:g * N + n1], acc[g][:, n0:n1]
-            fold_ends = np.zeros(kept.size, np.bool_)
-            fold_ends[group_ends(shape, kept)] = True
+            fold_ends = group_end_mask(shape, kept)
             x = xcol[g][:, kept]
-            if df == "os":
+            if df is Dataflow.OS:
                 stats += run_os_gemm(np.ascontiguousarray(x), w, fold_ends, gidx[kept], a, b, rows, cols,
                                      os_formula == "paper", lo, hi, wrap, *queue, out, proto)
             else:
                 stats += run_stream_gemm(w, np.ascontiguousarray(x.T), fold_ends, gidx[kept], a, b, False, rows, cols,
                                          t_tile, lo, hi, wrap, *queue, out, proto)
-        return acc, stats
+        return acc, GemmCounters.of(stats)
     for g in range(groups):
         w, a, b = wcol[g * N:(g + 1) * N], alpha[g * N:(g + 1) * N], bias[g * N:(g + 1) * N]
-        if df == "os":
+        if df is Dataflow.OS:
             stats += run_os_gemm(xcol[g], w, ends, gidx, a, b, rows, cols, os_formula == "paper", lo, hi, wrap,
                                  *queue, acc[g], proto)
-        elif df == "ws":
+        elif df is Dataflow.WS:
             stats += run_stream_gemm(w, np.ascontiguousarray(xcol[g].T), ends, gidx, a, b, False, rows, cols, t_tile,
                                      lo, hi, wrap, *queue, acc[g], proto)
         else:
@@ -111,15 +113,14 @@ def _run_gemms(xcol: np.ndarray, wcol: np.ndarray, ends: np.ndarray, gidx: np.nd
             stats += run_stream_gemm(xcol[g], np.ascontiguousarray(w.T), ends, gidx, a, b, True, rows, cols, t_tile,
                                      lo, hi, wrap, *queue, out, proto)
             acc[g] = out.T
-    return acc, stats
+    return acc, GemmCounters.of(stats)
 
 
-def _cycles(stats: np.ndarray) -> ArrayCycles:
+def _cycles(c: GemmCounters) -> ArrayCycles:
     """Counters -> ArrayCycles. SCALE-Sim reports the index of the last cycle, so compute is the stepped
     count minus one; tile reloads are the load/fill/drain cycles of every T tile after a fold's first."""
-    stepped, reload = int(stats[0]), int(stats[4])
-    return ArrayCycles(compute=stepped - reload - 1, group_stall=int(stats[5]), tile_reload=reload,
-                       group_mults=int(stats[7]))
+    return ArrayCycles(compute=c.stepped - c.reload_overhead - 1, group_stall=c.group_stall,
+                       tile_reload=c.reload_overhead, group_mults=c.group_sums)
 
 
 def _shape(spec, weight_kind: str, name: str, nonzero: np.ndarray | None = None) -> LayerShape:
@@ -146,9 +147,7 @@ def conv2d_engine(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q:
     shape = _shape(spec, weight_kind, name, LayerShape.nonzero_of(codes))
     K = shape.gemm_k
     rows, cols, df = hw.array.rows, hw.array.cols, hw.array.dataflow
-    ends = np.zeros(K, np.bool_)
-    ends[group_ends(shape)] = True
-    gidx = (np.arange(K) // spec.cin_g) * spec.G + (np.arange(K) % spec.cin_g) // spec.group_size
+    ends, gidx = group_end_mask(shape), group_index(shape)
     # Exact group sums (carried across folds too) need at most max|x| * max|code| * min(N, cin_g).
     narrow = max_abs(x) * max(1, max_abs(codes)) * min(spec.group_size, spec.cin_g) < 2**31
     dtype = np.int32 if narrow else np.int64
@@ -156,13 +155,13 @@ def conv2d_engine(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q:
                   spec.groups, spec.OH, spec.OW)
     wcol = np.ascontiguousarray(codes.transpose(0, 2, 3, 1), dtype).reshape(spec.Cout, K)
     alpha = np.ascontiguousarray(alpha_q, np.int64).reshape(spec.Cout, -1)
-    acc, stats = _run_gemms(xcol, wcol, ends, gidx, alpha, np.asarray(bias_q, np.int64), rows, cols, df, os_formula,
+    acc, counters = _run_gemms(xcol, wcol, ends, gidx, alpha, np.asarray(bias_q, np.int64), rows, cols, df, os_formula,
                             ternary_traffic(shape, hw).t_tile, spec.acc_lo, spec.acc_hi, not saturate, _queue(hw),
                             np.int64, dtype, skip_plan(shape, hw, os_formula), shape)
     acc = acc.reshape(spec.groups, spec.B, spec.OH, spec.OW, spec.cout_g).transpose(1, 0, 4, 2, 3)
     y = requantize_int(acc.reshape(spec.B, spec.Cout, spec.OH, spec.OW), shift=shift, out_lo=out_lo, out_hi=out_hi)
-    stepped = int(stats[0])
-    return EngineResult(y, int(stats[6]), _cycles(stats), stepped, rows * cols * stepped, shape)
+    return EngineResult(y, counters.overflow_events, _cycles(counters), counters, counters.stepped,
+                        rows * cols * counters.stepped, shape)
 
 
 def linear_engine(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np.ndarray, *, group_size: int,
@@ -178,8 +177,8 @@ def linear_engine(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q:
                       group_size=group_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
                       acc_bits=acc_bits, saturate=saturate, shift=shift, out_lo=out_lo, out_hi=out_hi, hw=hw,
                       weight_kind=weight_kind, os_formula=os_formula, name=name)
-    return EngineResult(r.y.reshape(spec.B, spec.Cout), r.overflow_events, r.cycles, r.stepped_cycles, r.pe_cycles,
-                        r.shape)
+    return EngineResult(r.y.reshape(spec.B, spec.Cout), r.overflow_events, r.cycles, r.counters, r.stepped_cycles,
+                        r.pe_cycles, r.shape)
 
 
 def baseline_gemm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *, stride: tuple[int, int],
@@ -202,31 +201,21 @@ def baseline_gemm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *,
     K = shape.gemm_k
     ends = np.zeros(K, np.bool_)
     ends[K - 1] = True
-    if SHORT[base.dataflow] != "os":
+    if Dataflow.of(base.dataflow) is not Dataflow.OS:
         ends[base.rows - 1::base.rows] = True      # every row fold's bottom PE writes its sums out
     xcol = im2col(x, kh, kw, spec.stride, spec.padding, spec.dilation, groups, spec.OH, spec.OW)
     wcol = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(cout, K)
     b = np.zeros(cout, np.float32) if bias is None else np.asarray(bias, np.float32)
-    acc, stats = _run_gemms(xcol, wcol, ends, np.zeros(K, np.int64), np.ones((cout, 1), np.float32), b,
+    acc, counters = _run_gemms(xcol, wcol, ends, np.zeros(K, np.int64), np.ones((cout, 1), np.float32), b,
                             base.rows, base.cols, base.dataflow, os_formula, baseline_traffic(shape, hw).t_tile,
                             -FLOAT_LIMIT, FLOAT_LIMIT, False, (QUEUE_NONE, 1), np.float32, np.float32)
     y = acc.reshape(groups, spec.B, spec.OH, spec.OW, spec.cout_g).transpose(1, 0, 4, 2, 3)
-    stepped = int(stats[0])
-    return EngineResult(np.ascontiguousarray(y.reshape(spec.B, cout, spec.OH, spec.OW)), 0, _cycles(stats), stepped,
-                        base.rows * base.cols * stepped, shape)
+    return EngineResult(np.ascontiguousarray(y.reshape(spec.B, cout, spec.OH, spec.OW)), 0, _cycles(counters),
+                        counters, counters.stepped, base.rows * base.cols * counters.stepped, shape)
 
 
-# --- a whole quantized network, one sample ------------------------------------------------------------------
-@dataclass(frozen=True)
-class LayerSimulation:
-    """One weighted layer's report timings and where they came from."""
-
-    ternary: LayerTiming
-    baseline: LayerTiming
-    source: str              # 'engine'
-
-
-def _ternary_layer(layer: QuantizedLayer, x: np.ndarray, qgraph: QuantizedGraph, hw: Accelerator) -> EngineResult:
+# --- one layer of a quantized network ----------------------------------------------------------------------
+def step_layer(layer: QuantizedLayer, x: np.ndarray, qgraph: QuantizedGraph, hw: Accelerator) -> EngineResult:
     """The layer's integer datapath on the array, with the same arguments the integer kernels get."""
     node = layer.node
     common = dict(group_size=layer.group_size, acc_bits=qgraph.acc_bits, saturate=qgraph.saturate, shift=layer.shift,
@@ -238,67 +227,21 @@ def _ternary_layer(layer: QuantizedLayer, x: np.ndarray, qgraph: QuantizedGraph,
                          padding=tuple(a["padding"]), dilation=tuple(a["dilation"]), groups=a["groups"], **common)
 
 
-def _baseline_layer(node, x: np.ndarray, hw: Accelerator) -> EngineResult:
-    """The FP32 design on the layer's float weights and its (dequantized) input; checked against float64."""
+def as_conv_input(node, x: np.ndarray) -> np.ndarray:
+    """A conv/linear node's input as a conv input (linear: (B, C) -> (B, C, 1, 1))."""
+    return x[:, :, None, None] if node.op == "linear" else x
+
+
+def node_geometry(node) -> tuple[np.ndarray, dict]:
+    """A conv/linear node's float weight as a conv weight (linear: 1x1) and its conv geometry."""
     if node.op == "linear":
-        x, weight, geometry = x[:, :, None, None], node.weight[:, :, None, None], dict(
-            stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
-    else:
-        a = node.attrs
-        weight, geometry = node.weight, dict(stride=tuple(a["stride"]), padding=tuple(a["padding"]),
-                                             dilation=tuple(a["dilation"]), groups=a["groups"])
-    r = baseline_gemm(x, weight, node.bias, hw=hw, name=node.name, **geometry)
-    ref = torch.nn.functional.conv2d(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(weight.astype(np.float64)),
-                                     None if node.bias is None else torch.from_numpy(node.bias.astype(np.float64)),
-                                     **geometry).numpy()
-    scale = float(np.abs(x).max(initial=0.0)) * float(np.abs(weight).sum(axis=(1, 2, 3)).max(initial=0.0)) + 1.0
-    if not np.allclose(r.y, ref, rtol=0, atol=1e-5 * scale):
-        raise EngineError(f"layer '{node.name}': the FP32 baseline's stepped output differs from a float64 conv")
-    return r
+        return node.weight[:, :, None, None], dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
+    a = node.attrs
+    return node.weight, dict(stride=tuple(a["stride"]), padding=tuple(a["padding"]), dilation=tuple(a["dilation"]),
+                             groups=a["groups"])
 
 
-def stepped_matches(qgraph: QuantizedGraph, hw: Accelerator, outputs: dict[str, np.ndarray],
-                    overflow: dict[str, int] | None = None) -> dict[str, bool]:
-    """Per weighted layer: does the array, fed the first sample's input from `outputs` (an execution's
-    integer tensors), reproduce that sample's output (and overflow count, when `overflow` is per sample)?"""
-    same = {}
-    for name, layer in qgraph.layers.items():
-        if layer.weight_kind is None or layer.is_fused_away:
-            continue
-        r = _ternary_layer(layer, outputs[layer.node.inputs[0]][:1], qgraph, hw)
-        same[name] = bool(np.array_equal(r.y, outputs[name][:1])) and (
-            overflow is None or r.overflow_events == overflow[name])
-    return same
-
-
-def simulate_network(qgraph: QuantizedGraph, hw: Accelerator, x: np.ndarray,
-                     shapes: dict[str, LayerShape]) -> dict[str, LayerSimulation]:
-    """Step every weighted layer of one input sample (x[:1]) through the ternary array and the FP32 baseline.
-
-    Each layer's integer output and overflow count must equal tersim.kernels' for that sample, the stepped
-    cycles the analytic model's for `shapes[name]`: any difference raises EngineError.
-    """
-    from tersim.engine.execute import execute
-    from tersim.timing.analytic import baseline_layer_timing, ternary_timing
-
-    sample = execute(qgraph, x[:1], keep_all=True)
-    out: dict[str, LayerSimulation] = {}
-    for name, layer in qgraph.layers.items():
-        if layer.weight_kind is None or layer.is_fused_away:
-            continue
-        node, shape = layer.node, shapes[name]
-        x_in = sample.outputs[node.inputs[0]]
-        r = _ternary_layer(layer, x_in, qgraph, hw)
-        if not np.array_equal(r.y, sample.outputs[name]) or r.overflow_events != sample.overflow_events[name]:
-            raise EngineError(f"layer '{name}': the cycle-stepped array's output differs from the integer kernel's")
-        in_frac = qgraph.layers[node.inputs[0]].out.frac
-        b = _baseline_layer(node, x_in.astype(np.float32) * np.float32(2.0 ** -in_frac), hw)
-        base = baseline_layer_timing(shape, hw, b.cycles)
-        if base.as_dict() != baseline_layer_timing(shape, hw).as_dict():
-            raise EngineError(f"layer '{name}': stepped FP32 baseline cycles differ from the analytic model's")
-        plan = skip_plan(shape, hw)
-        tern = ternary_timing(shape, hw, r.cycles, plan=plan)
-        if tern.as_dict() != ternary_timing(shape, hw, plan=plan).as_dict():
-            raise EngineError(f"layer '{name}': stepped cycles {r.cycles} differ from the analytic model's")
-        out[name] = LayerSimulation(tern, base, "engine")
-    return out
+def step_baseline(node, x: np.ndarray, hw: Accelerator) -> EngineResult:
+    """The FP32 design on the layer's float weights and its (dequantized) float input; y as a conv's."""
+    weight, geometry = node_geometry(node)
+    return baseline_gemm(as_conv_input(node, x), weight, node.bias, hw=hw, name=node.name, **geometry)

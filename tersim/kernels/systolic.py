@@ -39,9 +39,34 @@ The same kernels run the FP32 baseline on float32 data (no clamping, no FIFO).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, types
 from numba.extending import overload
+
+# The counters a GEMM kernel returns (one int64 each, at these indices); `GemmCounters.of` names them.
+(STEPPED, LOAD, STREAM, FIRST_TILE_OVERHEAD, RELOAD_OVERHEAD, GROUP_STALL, OVERFLOW_EVENTS, GROUP_SUMS,
+ N_COUNTERS) = range(9)
+
+
+class GemmCounters(NamedTuple):
+    """What the array did in one or more GEMMs, counted cycle by cycle."""
+
+    stepped: int               # every cycle stepped
+    load: int                  # cycles loading stationary tiles (ws/is)
+    stream: int                # stream-phase cycles (fill, stream, drain)
+    first_tile_overhead: int   # load/fill/drain cycles of each fold's first T tile
+    reload_overhead: int       # load/fill/drain cycles of every later T tile (output buffer too small)
+    group_stall: int           # cycles waiting for the group-scaling FIFOs to empty
+    overflow_events: int       # accumulator adds out of range
+    group_sums: int            # group partial sums scaled by an alpha (group multiplies)
+
+    @classmethod
+    def of(cls, counters: np.ndarray) -> "GemmCounters":
+        """From a kernel's (or a sum of kernels') counter array."""
+        return cls(*(int(v) for v in counters))
+
 
 QUEUE_NONE, QUEUE_PER_COLUMN, QUEUE_SHARED = 0, 1, 2   # per_pe never stalls: QUEUE_NONE
 U = np.uint64   # per-cycle loops index with unsigned offsets: no negative-index check (so they vectorise) and no
@@ -218,12 +243,11 @@ def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, 
     stat_src (S, K) is laid across the columns (ws: weights (N, K); is: im2col activations (P, K)),
     strm (K, T) streams in time (ws: activations; is: weights). alpha (N, groups), bias (N,) are indexed
     by the filter: the column (ws) or the time index (is). out (T, S) receives the accumulators.
-    Returns int64[8]: stepped cycles, load cycles, stream cycles, first-tile overhead cycles,
-    reload overhead cycles, group-scale stall cycles, overflow events, group sums scaled.
+    Returns the counters (int64[N_COUNTERS], indexed by STEPPED, LOAD, ...: see GemmCounters).
     """
     S, K = stat_src.shape
     T = strm.shape[1]
-    stats = np.zeros(8, np.int64)
+    stats = np.zeros(N_COUNTERS, np.int64)
     width = cols + 1
     n = (rows + 1) * width
     tile = min(t_tile, T)
@@ -245,7 +269,7 @@ def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, 
         for t0 in range(0, T, t_tile):
             tn = min(t_tile, T - t0)
             n_slots = tn + cols - 1
-            stats[6] += _init_acc(acc, bias, t0 if n_in_time else s0, su, tn, n_in_time, lo, hi, wrap)
+            stats[OVERFLOW_EVENTS] += _init_acc(acc, bias, t0 if n_in_time else s0, su, tn, n_in_time, lo, hi, wrap)
             carry_in[:] = 0
             for k0 in range(0, K, rows):
                 ku = min(rows, K - k0)
@@ -260,13 +284,13 @@ def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, 
                                          kind, lo, hi, wrap)
                 stall = _queue_drain(occ, rate) if kind != QUEUE_NONE else 0
                 carry_in, carry_out = carry_out, carry_in
-                stats[0] += load + stream
-                stats[1] += load
-                stats[2] += stream
-                stats[3 if t0 == 0 else 4] += load + stream - tn
-                stats[5] += stall
-                stats[6] += ev
-                stats[7] += end_rows.size * su * tn    # every end row scales one sum per real lane and time
+                stats[STEPPED] += load + stream
+                stats[LOAD] += load
+                stats[STREAM] += stream
+                stats[FIRST_TILE_OVERHEAD if t0 == 0 else RELOAD_OVERHEAD] += load + stream - tn
+                stats[GROUP_STALL] += stall
+                stats[OVERFLOW_EVENTS] += ev
+                stats[GROUP_SUMS] += end_rows.size * su * tn    # every end row scales one sum per real lane and time
             for c in range(su):
                 for t in range(tn):
                     out[t0 + t, s0 + c] = acc[t + c, c]
@@ -339,10 +363,10 @@ def os_fold(xports, wports, K, pu, nu, scaled, live, act, nact, wreg, nwreg, ps,
 def run_os_gemm(x, w, ends_k, gidx, alpha, bias, rows, cols, paper, lo, hi, wrap, kind, rate, out, psum_proto):
     """os: x (P, K) on rows, w (N, K) on columns, K in time; out (P, N). `paper`: outputs drain down the
     columns, one row per cycle (rows cycles), else they are read out as SCALE-Sim 3.0.0 counts them (free).
-    Returns int64[8] laid out as run_stream_gemm's (load cycles 0, no tiles)."""
+    Returns the counters as run_stream_gemm does (no load cycles, no T tiles)."""
     P, K = x.shape
     N = w.shape[0]
-    stats = np.zeros(8, np.int64)
+    stats = np.zeros(N_COUNTERS, np.int64)
     width = cols + 1
     n = (rows + 1) * width
     n_cycles = rows + cols + K - 2
@@ -379,7 +403,7 @@ def run_os_gemm(x, w, ends_k, gidx, alpha, bias, rows, cols, paper, lo, hi, wrap
             for r in range(pu):
                 for c in range(nu):
                     b = bias[n0 + c]
-                    stats[6] += (b < lo) | (b > hi)
+                    stats[OVERFLOW_EVENTS] += (b < lo) | (b > hi)
                     acc[(rows - 1 - r) * width + 1 + c] = _keep(b, lo, hi, wrap)
             stream, ev = os_fold(xports, wports, K, pu, nu, scaled, live, act, nact, wreg, nwreg, ps, acc,
                                  ends_prefix, _may_stall(most, nu, rate, kind), occ, arrivals, rate, kind, lo, hi,
@@ -399,10 +423,10 @@ def run_os_gemm(x, w, ends_k, gidx, alpha, bias, rows, cols, paper, lo, hi, wrap
                 for r in range(pu):
                     for c in range(nu):
                         out[p0 + r, n0 + c] = acc[(rows - 1 - r) * width + 1 + c]
-            stats[0] += stream + drain
-            stats[2] += stream + drain
-            stats[3] += stream + drain - K
-            stats[5] += stall
-            stats[6] += ev
-            stats[7] += pu * nu * n_ends            # every real PE scales each of its groups once
+            stats[STEPPED] += stream + drain
+            stats[STREAM] += stream + drain
+            stats[FIRST_TILE_OVERHEAD] += stream + drain - K
+            stats[GROUP_STALL] += stall
+            stats[OVERFLOW_EVENTS] += ev
+            stats[GROUP_SUMS] += pu * nu * n_ends            # every real PE scales each of its groups once
     return stats

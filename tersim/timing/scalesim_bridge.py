@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tersim.timing.analytic import SHORT
+from tersim.timing.schedule import Dataflow
 from tersim.timing.shapes import LayerShape
 
 ENV_VAR = "TERSIM_SCALESIM_PYTHON"
@@ -126,9 +126,9 @@ def run_scalesim(shapes: list[LayerShape], rows: int, cols: int, dataflow: str, 
         raise RuntimeError(f"SCALE-Sim not available: set {ENV_VAR} to a python with scalesim installed")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    run_name = f"tersim_{SHORT.get(dataflow, dataflow)}_{rows}x{cols}"
+    run_name = f"tersim_{Dataflow.of(dataflow).short}_{rows}x{cols}"
     (workdir / "scale.cfg").write_text(_CONFIG.format(run_name=run_name, rows=rows, cols=cols, sram_kib=sram_kib,
-                                                      dataflow=SHORT.get(dataflow, dataflow)))
+                                                      dataflow=Dataflow.of(dataflow).short))
     names = [f"L{i}" for i in range(len(shapes))]
     topo = ["Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,"]
     topo += [topology_row(name, s) for name, s in zip(names, shapes)]
