@@ -43,3 +43,7 @@ def one_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+class FinetuneError(TersimError):
+    """A fine-tuning option, checkpoint or schedule is invalid (the message names it)."""

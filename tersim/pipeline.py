@@ -17,13 +17,12 @@ from tersim.engine.checks import LayerSimulation, simulate_checked
 from tersim.engine.execute import dequantize_output, execute
 from tersim.frontend import Graph, execute_float, import_model
 from tersim.options import RunOptions
-from tersim.quantize.graph import QuantizedGraph, QuantizedLayer, quantize_graph
+from tersim.quantize.graph import QuantizedGraph, QuantizedLayer, calibration_batches, quantize_graph
 from tersim.report.metrics import deviation
 from tersim.timing.analytic import baseline_layer_timing, layer_timing
 from tersim.timing.shapes import LayerShape
 from tersim.timing.summary import model_summary
 
-CALIBRATION_BATCH = 32
 BASELINE_ENERGY = ("energy_pj_compute", "energy_pj_sram", "energy_pj_dram", "energy_pj_total")
 SYNTHETIC_SAMPLES = 16
 
@@ -87,8 +86,7 @@ def prepare(hw: Accelerator | str | Path, model: Graph | str | Path, options: Ru
         x, y = load_inputs(options.data, graph.input_shape, model_classes(graph))
     if options.limit is not None:
         x, y = x[:options.limit], (y[:options.limit] if y is not None else None)
-    calibration = list(_batches(x, CALIBRATION_BATCH))[: hw.quantization.calibration_batches]
-    return Prepared(hw, graph, x, y, quantize_graph(graph, calibration, hw))
+    return Prepared(hw, graph, x, y, quantize_graph(graph, calibration_batches(x, hw), hw))
 
 
 def run(

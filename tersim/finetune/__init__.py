@@ -5,7 +5,8 @@
     save_model(result, "model_ft.pt2")     # accepted by `tersim run` / `verify`
 """
 from tersim.finetune.graph_module import FLOAT_PLAN, GraphNet, QuantPlan
-from tersim.finetune.methods import METHODS, FinetuneError
+from tersim.errors import FinetuneError
+from tersim.finetune.methods import METHODS
 from tersim.finetune.train import FinetuneConfig, FinetuneResult, finetune, read_metadata, save_model
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "save_model", "read_metadata", "GraphNet", "QuantPlan",

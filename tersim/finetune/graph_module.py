@@ -88,7 +88,7 @@ def ste_datapath_weight(weight: torch.Tensor, kind: str, group_size: int, method
             alpha_q, frac = fgq.fixed_point_alpha(alpha, scale_bits)
             alpha = torch.from_numpy(np.ldexp(alpha_q.astype(np.float64), -frac))
         wq = fgq.dequantize(codes, alpha, n).to(weight.dtype)
-    return fgq._StraightThrough.apply(weight, wq)
+    return fgq.straight_through(weight, wq)
 
 
 def ste_group_kbit(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
@@ -102,10 +102,10 @@ def ste_group_kbit(weight: torch.Tensor, bits: int, group_size: int) -> torch.Te
     with torch.no_grad():
         w4 = weight.detach()[:, :, None, None] if weight.ndim == 2 else weight.detach()
         cin = w4.shape[1]
-        groups = fgq._to_groups(w4, min(group_size, cin))
+        groups = fgq.to_groups(w4, min(group_size, cin))
         scale = groups.abs().amax(-1, keepdim=True) / qmax
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        wq = fgq._from_groups(torch.round(groups / safe).clamp(-qmax, qmax) * scale, cin).reshape(weight.shape)
+        wq = fgq.from_groups(torch.round(groups / safe).clamp(-qmax, qmax) * scale, cin).reshape(weight.shape)
     return weight + (wq - weight).detach()
 
 

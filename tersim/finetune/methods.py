@@ -4,7 +4,7 @@ A method only hands out `QuantPlan`s (graph_module.py) per step; the training lo
 (train.py). All of them end fully quantized exactly as `tersim run` quantizes (FGQ ternary weights,
 int8 first/last layers, `act_bits` activations), so the weights written are trained for that datapath.
 The methods follow Zhuang et al., "Towards effective low-bitwidth CNNs" (CVPR 2018) / "Effective
-training of CNNs with low-bitwidth weights and activations" (TPAMI); see DESIGN.md section 1.
+training of CNNs with low-bitwidth weights and activations" (TPAMI); docs/FINETUNE_PLAN.md section 3.
 
 ste (default)
     Every weight and activation quantizer on from the first step. Straight-through estimators:
@@ -51,14 +51,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tersim.errors import TersimError
+from tersim.errors import FinetuneError
 from tersim.finetune.graph_module import GraphNet, QuantPlan
 
 METHODS = ("ste", "progressive", "stochastic", "kd")
-
-
-class FinetuneError(TersimError):
-    """A fine-tuning option, checkpoint or schedule is invalid (the message names it)."""
 
 
 class Method:

@@ -17,6 +17,7 @@ identical, and a resumed run continues exactly as the uninterrupted one would ha
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -33,15 +34,14 @@ import torch.nn.functional as F
 
 from tersim.config import Accelerator
 from tersim.data import check_arrays, check_input_shape, check_labels, model_classes
-from tersim.errors import DataError, one_line
+from tersim.errors import DataError, FinetuneError, one_line
 from tersim.files import write_bytes_atomic
 from tersim.finetune.graph_module import FLOAT_PLAN, FloatExport, GraphNet
-from tersim.finetune.methods import (METHODS, FinetuneError, JointKD, Method, Progressive, Stochastic,
-                                     parse_schedule, default_schedule)
+from tersim.finetune.methods import (METHODS, JointKD, Method, Progressive, Stochastic, default_schedule,
+                                     parse_schedule)
 from tersim.frontend import Graph, import_model
 from tersim.options import RunOptions
-from tersim.pipeline import CALIBRATION_BATCH
-from tersim.quantize.graph import quantize_graph
+from tersim.quantize.graph import calibration_batches, quantize_graph
 
 CKPT_FORMAT = "tersim-finetune-checkpoint/1"
 METADATA_FILE = "tersim_finetune.json"
@@ -152,6 +152,159 @@ def _check_labelled(data: tuple[np.ndarray, np.ndarray | None], graph: Graph, wh
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(y.astype(np.int64))
 
 
+@dataclass
+class _Session:
+    """What the epochs of one fine-tuning run share: data, nets, optimisers, the method, the history."""
+
+    config: FinetuneConfig
+    hw: Accelerator
+    method: Method
+    net: GraphNet
+    teacher: GraphNet | None
+    opt: torch.optim.Optimizer
+    teacher_opt: torch.optim.Optimizer | None
+    xt: torch.Tensor
+    yt: torch.Tensor
+    xv: torch.Tensor | None
+    yv: torch.Tensor | None
+    calibration: list[np.ndarray]
+    fingerprint: str
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.xt) / self.config.batch_size)
+
+    def calibrate(self, net: GraphNet, bits: list[int]) -> None:
+        net.calibrate(self.calibration, self.hw, bits)
+
+
+def _start(graph: Graph, train, val, config: FinetuneConfig, hw: Accelerator, train_name: str,
+           val_name: str) -> _Session:
+    """Check the data and options against the graph; build the nets, optimisers and calibration batches."""
+    xt, yt = _check_labelled(train, graph, train_name)
+    xv, yv = _check_labelled(val, graph, val_name) if val is not None else (None, None)
+    if config.kd_features:
+        unknown = [f for f in config.kd_features if f not in {n.name for n in graph.nodes}]
+        if unknown:
+            raise FinetuneError(f"--kd-features: no node(s) {unknown} in the graph; "
+                                f"nodes are {[n.name for n in graph.nodes]}")
+    method = make_method(config)
+    net = GraphNet(graph)
+    teacher = copy.deepcopy(net) if method.uses_teacher else None
+    return _Session(
+        config=config, hw=hw, method=method, net=net, teacher=teacher,
+        opt=torch.optim.Adam(net.parameters(), lr=config.lr),
+        teacher_opt=torch.optim.Adam(teacher.parameters(), lr=config.lr) if teacher is not None else None,
+        xt=xt, yt=yt, xv=xv, yv=yv, calibration=calibration_batches(xt.numpy(), hw),
+        fingerprint=graph_fingerprint(graph))
+
+
+def _initial_accuracy(s: _Session) -> dict[str, float]:
+    """Validation accuracies before training: FP32 and fake-quantized at the run's activation bits."""
+    s.calibrate(s.net, [s.config.act_bits])
+    if s.xv is None:
+        return {}
+    return {"val_acc_fp32": accuracy(s.net, s.xv, s.yv),
+            "val_acc_fakequant": accuracy(s.net, s.xv, s.yv, s.net.full_plan(s.config.act_bits))}
+
+
+def _resume(s: _Session, path: str | Path, log: Callable[[str], None]) -> None:
+    """Continue from a checkpoint: nets, optimisers, history and the epoch count."""
+    ckpt = load_checkpoint(path, s.config, s.fingerprint)
+    try:
+        s.net.load_state_dict(ckpt["student"])
+        s.opt.load_state_dict(ckpt["opt"])
+        if s.teacher is not None:
+            s.teacher.load_state_dict(ckpt["teacher"])
+            s.teacher_opt.load_state_dict(ckpt["teacher_opt"])
+        s.history = list(ckpt["history"])
+        s.start_epoch = int(ckpt["epoch"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise FinetuneError(f"{path}: the checkpoint does not fit this model ({type(exc).__name__}: "
+                            f"{one_line(exc)[:200]})") from None
+    log(f"resumed from {path} after epoch {s.start_epoch}/{s.config.epochs}")
+
+
+def _train_step(s: _Session, xb: torch.Tensor, yb: torch.Tensor, plan, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step of the student (and, for joint kd, the teacher); returns (loss, logits)."""
+    for o in (s.opt, s.teacher_opt):
+        if o is not None:
+            for g in o.param_groups:
+                g["lr"] = lr
+    if s.teacher is None:
+        logits = s.net(xb, plan)
+        loss = F.cross_entropy(logits, yb)
+    else:
+        feats = tuple(s.config.kd_features)
+        logits, fs = s.net(xb, plan, feats) if feats else (s.net(xb, plan), {})
+        zt, ft = s.teacher(xb, FLOAT_PLAN, feats) if feats else (s.teacher(xb), {})
+        loss, teacher_loss, _ = s.method.losses(logits, zt, yb, fs, ft)
+        if s.config.kd_teacher == "joint":
+            s.teacher_opt.zero_grad()
+            teacher_loss.backward()
+            s.teacher_opt.step()
+    s.opt.zero_grad()
+    loss.backward()
+    s.opt.step()
+    return loss, logits
+
+
+def _train_epoch(s: _Session, epoch: int, progress: bool) -> dict:
+    """Recalibrate, shuffle (seeded per epoch) and step through the training data once."""
+    cfg, steps = s.config, s.steps_per_epoch
+    total_steps = steps * cfg.epochs
+    s.calibrate(s.net, s.method.act_bits_needed(epoch))
+    perm = torch.from_numpy(np.random.default_rng([cfg.seed, _SHUFFLE, epoch]).permutation(len(s.xt)))
+    s.net.train()
+    loss_sum, correct = 0.0, 0
+    batches = range(steps)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc=f"epoch {epoch + 1}", unit="step", leave=False)
+    for b in batches:
+        step = epoch * steps + b
+        idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        xb, yb = s.xt[idx], s.yt[idx]
+        plan = s.method.plan(s.net, epoch, step, total_steps)
+        loss, logits = _train_step(s, xb, yb, plan, lr_at(cfg, step, total_steps))
+        loss_sum += loss.item() * len(idx)
+        correct += int((logits.argmax(1) == yb).sum())
+        if progress:
+            batches.set_postfix(loss=f"{loss.item():.4f}")
+    return {"epoch": epoch + 1, "stage": s.method.stage(epoch), "loss": loss_sum / len(s.xt),
+            "train_acc": correct / len(s.xt)}
+
+
+def _validate(s: _Session, row: dict) -> None:
+    """Add the epoch's validation accuracy (fake-quantized; kd: the teacher's too) to `row`."""
+    if s.xv is None:
+        return
+    s.calibrate(s.net, [s.config.act_bits])
+    row["val_acc"] = accuracy(s.net, s.xv, s.yv, s.net.full_plan(s.config.act_bits))
+    if s.teacher is not None:
+        row["teacher_val_acc"] = accuracy(s.teacher, s.xv, s.yv)
+
+
+def _epoch_line(cfg: FinetuneConfig, row: dict) -> str:
+    return (f"epoch {row['epoch']}/{cfg.epochs} [{row['stage']}] loss {row['loss']:.4f} "
+            f"train acc {row['train_acc']:.2%}" + (f" val acc {row['val_acc']:.2%}" if "val_acc" in row else ""))
+
+
+@contextlib.contextmanager
+def _deterministic(seed: int):
+    """torch's deterministic algorithms and a seeded generator for the duration of the training."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
 def finetune(
     model: Graph | str | Path,
     train: tuple[np.ndarray, np.ndarray | None],
@@ -169,131 +322,47 @@ def finetune(
     """Fine-tune `model` (file or lowered Graph) with quantization in the loop; see the module docstring.
 
     `train`/`val` are (x, y) as tersim.data.load_dataset returns them. `hw` supplies the calibration
-    batch count and scale bits (default: the built-in hardware defaults). Returns the trained net;
-    write it with `save_model`.
+    batch count and scale bits (default: the built-in hardware defaults); the config's group size,
+    activation bits, ternarization method and first/last policy are folded into it. Returns the
+    trained net; write it with `save_model`.
     """
     config.validate()
     hw = config.quantization().apply(hw or Accelerator())
     graph = model if isinstance(model, Graph) else import_model(model)
-    xt, yt = _check_labelled(train, graph, train_name)
-    xv, yv = _check_labelled(val, graph, val_name) if val is not None else (None, None)
-    if config.kd_features:
-        unknown = [f for f in config.kd_features if f not in {n.name for n in graph.nodes}]
-        if unknown:
-            raise FinetuneError(f"--kd-features: no node(s) {unknown} in the graph; "
-                                f"nodes are {[n.name for n in graph.nodes]}")
+    s = _start(graph, train, val, config, hw, train_name, val_name)
     log = log or (lambda msg: None)
-    method = make_method(config)
-    fingerprint = graph_fingerprint(graph)
-    calibration = [xt[i:i + CALIBRATION_BATCH].numpy()
-                   for i in range(0, len(xt), CALIBRATION_BATCH)][: hw.quantization.calibration_batches]
-
-    def calibrate(net: GraphNet, bits: list[int]) -> None:
-        net.calibrate(calibration, hw, bits)
-
-    net = GraphNet(graph)
-    teacher = copy.deepcopy(net) if method.uses_teacher else None
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
-    teacher_opt = torch.optim.Adam(teacher.parameters(), lr=config.lr) if teacher is not None else None
-    history: list[dict] = []
-    start_epoch = 0
-
-    calibrate(net, [config.act_bits])
-    initial = {}
-    if xv is not None:
-        initial = {"val_acc_fp32": accuracy(net, xv, yv),
-                   "val_acc_fakequant": accuracy(net, xv, yv, net.full_plan(config.act_bits))}
+    initial = _initial_accuracy(s)
     if resume is not None:
-        ckpt = load_checkpoint(resume, config, fingerprint)
-        try:
-            net.load_state_dict(ckpt["student"])
-            opt.load_state_dict(ckpt["opt"])
-            if teacher is not None:
-                teacher.load_state_dict(ckpt["teacher"])
-                teacher_opt.load_state_dict(ckpt["teacher_opt"])
-            history = list(ckpt["history"])
-            start_epoch = int(ckpt["epoch"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise FinetuneError(f"{resume}: the checkpoint does not fit this model ({type(exc).__name__}: "
-                                f"{one_line(exc)[:200]})") from None
-        log(f"resumed from {resume} after epoch {start_epoch}/{config.epochs}")
+        _resume(s, resume, log)
 
-    steps_per_epoch = math.ceil(len(xt) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    feats = tuple(config.kd_features) if teacher is not None else ()
-    previous_det = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    torch.manual_seed(config.seed)
     train_seconds = train_cpu = 0.0
-    epochs = range(start_epoch, config.epochs)
+    epochs = range(s.start_epoch, config.epochs)
     if progress:
         from tqdm import tqdm
 
-        epochs = tqdm(epochs, total=config.epochs, initial=start_epoch, desc=f"finetune {config.method}", unit="epoch")
-    try:
+        epochs = tqdm(epochs, total=config.epochs, initial=s.start_epoch, desc=f"finetune {config.method}",
+                      unit="epoch")
+    with _deterministic(config.seed):
         for epoch in epochs:
             t0, c0 = time.perf_counter(), time.process_time()
-            calibrate(net, method.act_bits_needed(epoch))
-            perm = torch.from_numpy(np.random.default_rng([config.seed, _SHUFFLE, epoch]).permutation(len(xt)))
-            net.train()
-            loss_sum, correct = 0.0, 0
-            batches = range(steps_per_epoch)
-            if progress:
-                batches = tqdm(batches, desc=f"epoch {epoch + 1}", unit="step", leave=False)
-            for b in batches:
-                step = epoch * steps_per_epoch + b
-                idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
-                xb, yb = xt[idx], yt[idx]
-                lr = lr_at(config, step, total_steps)
-                for o in (opt, teacher_opt):
-                    if o is not None:
-                        for g in o.param_groups:
-                            g["lr"] = lr
-                plan = method.plan(net, epoch, step, total_steps)
-                if teacher is None:
-                    logits = net(xb, plan)
-                    loss = F.cross_entropy(logits, yb)
-                else:
-                    logits, fs = net(xb, plan, feats) if feats else (net(xb, plan), {})
-                    zt, ft = teacher(xb, FLOAT_PLAN, feats) if feats else (teacher(xb), {})
-                    loss, teacher_loss, _ = method.losses(logits, zt, yb, fs, ft)
-                    if config.kd_teacher == "joint":
-                        teacher_opt.zero_grad()
-                        teacher_loss.backward()
-                        teacher_opt.step()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                loss_sum += loss.item() * len(idx)
-                correct += int((logits.argmax(1) == yb).sum())
-                if progress:
-                    batches.set_postfix(loss=f"{loss.item():.4f}")
+            row = _train_epoch(s, epoch, progress)
             train_seconds += time.perf_counter() - t0
             train_cpu += time.process_time() - c0
-            row = {"epoch": epoch + 1, "stage": method.stage(epoch), "loss": loss_sum / len(xt),
-                   "train_acc": correct / len(xt), "seconds": time.perf_counter() - t0}
-            if xv is not None:
-                calibrate(net, [config.act_bits])
-                row["val_acc"] = accuracy(net, xv, yv, net.full_plan(config.act_bits))
-                if teacher is not None:
-                    row["teacher_val_acc"] = accuracy(teacher, xv, yv)
-            history.append(row)
-            line = (f"epoch {epoch + 1}/{config.epochs} [{row['stage']}] loss {row['loss']:.4f} "
-                    f"train acc {row['train_acc']:.2%}" + (f" val acc {row['val_acc']:.2%}" if "val_acc" in row else ""))
+            row["seconds"] = time.perf_counter() - t0
+            _validate(s, row)
+            s.history.append(row)
             if progress:
                 epochs.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['train_acc']:.2%}",
                                    **({"val": f"{row['val_acc']:.2%}"} if "val_acc" in row else {}))
-            log(line)
+            log(_epoch_line(config, row))
             if checkpoint_dir is not None:
-                save_checkpoint(Path(checkpoint_dir), epoch + 1, config, fingerprint, net, opt, teacher,
-                                teacher_opt, history)
-    finally:
-        torch.use_deterministic_algorithms(previous_det)
-    calibrate(net, [config.act_bits])
-    net.eval()
-    return FinetuneResult(net=net, config=config, hw=hw, history=pd.DataFrame(history), calibration=calibration,
-                          fingerprint=fingerprint, teacher=teacher, initial=initial, train_seconds=train_seconds,
-                          train_cpu_seconds=train_cpu)
+                save_checkpoint(Path(checkpoint_dir), epoch + 1, config, s.fingerprint, s.net, s.opt, s.teacher,
+                                s.teacher_opt, s.history)
+    s.calibrate(s.net, [config.act_bits])
+    s.net.eval()
+    return FinetuneResult(net=s.net, config=config, hw=hw, history=pd.DataFrame(s.history),
+                          calibration=s.calibration, fingerprint=s.fingerprint, teacher=s.teacher, initial=initial,
+                          train_seconds=train_seconds, train_cpu_seconds=train_cpu)
 
 
 # ---------------------------------------------------------------------------------------- checkpoints

@@ -87,7 +87,7 @@ def _num_groups(cin: int, group_size: int) -> int:
     return -(-cin // group_size)
 
 
-def _to_groups(w4: torch.Tensor, n: int) -> torch.Tensor:
+def to_groups(w4: torch.Tensor, n: int) -> torch.Tensor:
     """(Cout, Cin, kh, kw) -> (Cout, kh, kw, G, n), zero-padding the last group to length n."""
     cout, cin, kh, kw = w4.shape
     g = _num_groups(cin, n)
@@ -97,8 +97,8 @@ def _to_groups(w4: torch.Tensor, n: int) -> torch.Tensor:
     return wt.reshape(cout, kh, kw, g, n)
 
 
-def _from_groups(x: torch.Tensor, cin: int) -> torch.Tensor:
-    """Inverse of _to_groups: (Cout, kh, kw, G, n) -> (Cout, Cin, kh, kw), padding dropped."""
+def from_groups(x: torch.Tensor, cin: int) -> torch.Tensor:
+    """Inverse of to_groups: (Cout, kh, kw, G, n) -> (Cout, Cin, kh, kw), padding dropped."""
     cout, kh, kw, g, n = x.shape
     return x.reshape(cout, kh, kw, g * n)[..., :cin].permute(0, 3, 1, 2).contiguous()
 
@@ -222,10 +222,10 @@ def ternarize(weight: Array, group_size: int, method: str = "exact") -> tuple[Ar
 
     cdtype = _compute_dtype(w.dtype)
     n_eff = min(n, cin)  # N >= Cin is one group; don't pad it to N
-    groups = _to_groups(w4.to(cdtype), n_eff)
+    groups = to_groups(w4.to(cdtype), n_eff)
     keep, alpha = _SOLVERS[method](groups, _group_counts(cin, n_eff, cdtype))
     codes = (torch.sign(groups) * keep).to(torch.int8)
-    codes = _from_groups(codes, cin).reshape(w.shape)
+    codes = from_groups(codes, cin).reshape(w.shape)
     return _out(codes, alpha.to(w.dtype).contiguous(), from_numpy)
 
 
@@ -328,6 +328,11 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
+def straight_through(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+    """``quantized`` in the forward pass, the identity's gradient to ``x`` in the backward pass (STE)."""
+    return _StraightThrough.apply(x, quantized)
+
+
 def ste_ternarize(weight: torch.Tensor, group_size: int, method: str = "exact") -> torch.Tensor:
     """Dequantized FGQ-ternary weight with a straight-through gradient (d out / d weight = I).
 
@@ -337,7 +342,7 @@ def ste_ternarize(weight: torch.Tensor, group_size: int, method: str = "exact") 
     with torch.no_grad():
         codes, alpha = ternarize(weight.detach(), group_size, method)
         wq = dequantize(codes, alpha, group_size).to(weight.dtype)
-    return _StraightThrough.apply(weight, wq)
+    return straight_through(weight, wq)
 
 
 def ste_int8_weights(weight: torch.Tensor) -> torch.Tensor:
@@ -345,4 +350,4 @@ def ste_int8_weights(weight: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         codes, alpha = quantize_int8_weights(weight.detach())
         wq = dequantize(codes, alpha, max(1, _as_conv(weight).shape[1])).to(weight.dtype)
-    return _StraightThrough.apply(weight, wq)
+    return straight_through(weight, wq)

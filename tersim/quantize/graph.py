@@ -132,6 +132,16 @@ def _quantize_weights(node: Node, group_size: int, method: str, scale_bits: int,
                 alpha_frac=alpha_frac, stats={k: float(v) for k, v in stats.items()})
 
 
+CALIBRATION_BATCH = 32   # samples per calibration batch (run, sweep and finetune calibrate alike)
+
+
+def calibration_batches(x: np.ndarray, hw: Accelerator) -> list[np.ndarray]:
+    """The first `hw.quantization.calibration_batches` batches of CALIBRATION_BATCH samples of `x`: the data
+    activation formats are calibrated on."""
+    count = hw.quantization.calibration_batches
+    return [x[i:i + CALIBRATION_BATCH] for i in range(0, min(len(x), count * CALIBRATION_BATCH), CALIBRATION_BATCH)]
+
+
 def quantize_weights(graph: Graph, hw: Accelerator) -> dict[str, dict]:
     """Integer weights and fixed-point alphas of every conv/linear node, by node name.
 
