@@ -149,7 +149,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from tersim.report.tables import sweep_headline
     from tersim.errors import ConfigError
     from tersim.files import check_output_dir
-    from tersim.sweeps import AXES, parse_set, run_sweep, write_reports
+    from tersim.sweeps import AXES, available_formats, parse_set, run_sweep, write_reports
 
     check_output_dir(args.out)  # a bad --out fails now, not after the work
     overrides = parse_set(args.overrides)
@@ -163,6 +163,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("tersim: sweep interrupted before any point finished; nothing written", file=sys.stderr)
         return 130
     print(sweep_headline(result.points).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    _, note = available_formats()
+    if note:
+        print(f"tersim: note: {note}", file=sys.stderr)
     paths = write_reports(result, args.out)
     print(f"\n{len(result.points)} point(s): {result.computed} computed, {result.cached} from the cache")
     print("wrote " + ", ".join(map(str, paths)))

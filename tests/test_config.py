@@ -1,12 +1,11 @@
 """Hardware YAML validation: every shipped config loads; bad input names the file and the field."""
-from pathlib import Path
-
 import pytest
 
+from conftest import HW_CONFIGS
 from tersim.config import Accelerator, load_accelerator
 from tersim.errors import ConfigError
 
-CONFIGS = sorted(Path(__file__).parent.parent.joinpath("hw_configs").glob("*.yaml"))
+CONFIGS = HW_CONFIGS
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

@@ -1,6 +1,5 @@
 """FGQ weight quantization: exact/TWN ternarization vs naive references, int8 weights, fixed-point alphas, STE."""
 import doctest
-import itertools
 import math
 
 import numpy as np
@@ -10,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from naive import best_any_pattern, best_topk, group_error, iter_groups, twn_group
 from tersim.quantize import fgq
 from tersim.quantize.fgq import (
     dequantize,
@@ -23,60 +23,6 @@ from tersim.quantize.fgq import (
 
 METHODS = ["exact", "twn", "twn_asym"]
 FAST = settings(max_examples=60, deadline=None)
-
-
-# ----------------------------------------------------------------------------- naive references
-
-def iter_groups(w4, n):
-    """Yield (o, ky, kx, g, channel slice) in the contract's layout: runs of n input channels."""
-    cout, cin, kh, kw = w4.shape
-    for o, ky, kx in itertools.product(range(cout), range(kh), range(kw)):
-        for g in range(math.ceil(cin / n)):
-            yield o, ky, kx, g, slice(g * n, min((g + 1) * n, cin))
-
-
-def group_error(w, alpha, t):
-    return float(np.sum((w - alpha * t) ** 2))
-
-
-def best_topk(w):
-    """Try every k: support = top-k |w|, alpha = mean; returns (error, alpha, k) of the best (smallest k on ties)."""
-    a = np.abs(w)
-    order = np.argsort(-a, kind="stable")
-    best = None
-    for k in range(1, len(w) + 1):
-        t = np.zeros_like(w)
-        t[order[:k]] = np.sign(w[order[:k]])
-        alpha = a[order[:k]].mean()
-        err = group_error(w, alpha, t)
-        if best is None or err < best[0]:
-            best = (err, alpha, k)
-    return best
-
-
-def best_any_pattern(w):
-    """Every t in {-1,0,1}^n with its optimal alpha >= 0: the true minimum of ||w - alpha t||^2."""
-    best = float(np.sum(w**2))  # t = 0
-    for t in itertools.product((-1.0, 0.0, 1.0), repeat=len(w)):
-        t = np.array(t)
-        tt = t @ t
-        if tt:
-            alpha = max(0.0, (t @ w) / tt)
-            best = min(best, group_error(w, alpha, t))
-    return best
-
-
-def ref_twn(w, asym):
-    """Loop implementation of TWN (symmetric or asymmetric thresholds) for one group."""
-    if asym:
-        pos, neg = w[w > 0], -w[w < 0]
-        dp = 0.7 * pos.mean() if pos.size else 0.0
-        dn = 0.7 * neg.mean() if neg.size else 0.0
-        keep = (w > dp) | (w < -dn)
-    else:
-        keep = np.abs(w) > 0.7 * np.abs(w).mean()
-    alpha = np.abs(w[keep]).mean() if keep.any() else 0.0
-    return np.sign(w) * keep, alpha
 
 
 def as_conv(w):
@@ -178,7 +124,7 @@ def test_twn_variants_match_loop_reference(method, n):
     w = rng.standard_normal((3, 21, 3, 1)) + 0.3  # asymmetric distribution
     codes, alpha = ternarize(w, n, method)
     for o, ky, kx, g, s in iter_groups(w, n):
-        t, a = ref_twn(w[o, s, ky, kx], asym=(method == "twn_asym"))
+        t, a = twn_group(w[o, s, ky, kx], asym=(method == "twn_asym"))
         np.testing.assert_array_equal(codes[o, s, ky, kx], t)
         assert alpha[o, ky, kx, g] == pytest.approx(a, rel=1e-12)
 

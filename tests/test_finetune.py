@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+from conftest import DATA, MODEL, TRAIN
+
 import numpy as np
 import pytest
 import torch
@@ -24,7 +26,6 @@ from tersim.quantize.fgq import dequantize, fixed_point_alpha, ste_int8_weights,
 from tersim.quantize.graph import quantize_graph
 from tersim.config import Accelerator
 
-MODEL = "examples/digits_resnet.pt2"
 N_TRAIN = 192
 
 
@@ -35,8 +36,8 @@ def graph():
 
 @pytest.fixture(scope="module")
 def data():
-    x, y = load_dataset("examples/digits_train.npz")
-    xv, yv = load_dataset("examples/digits_test.npz")
+    x, y = load_dataset(TRAIN)
+    xv, yv = load_dataset(DATA)
     return (x[:N_TRAIN], y[:N_TRAIN]), (xv[:128], yv[:128])
 
 
@@ -47,7 +48,7 @@ def _cfg(**kw) -> FinetuneConfig:
 
 def _calibrated(graph, act_bits=(8,)) -> GraphNet:
     net = GraphNet(graph)
-    x, _ = load_dataset("examples/digits_train.npz")
+    x, _ = load_dataset(TRAIN)
     net.calibrate([x[:32]], Accelerator().with_overrides({"group_scaling.group_size": 64}), list(act_bits))
     return net
 
@@ -87,7 +88,7 @@ def test_datapath_weight_is_fgq_with_fixed_point_alpha():
 def test_graphnet_weight_gradient_is_straight_through(graph):
     """d loss / d shadow weight == d loss / d quantized weight (the same float graph run on W_q)."""
     net = _calibrated(graph)
-    x = torch.from_numpy(load_dataset("examples/digits_test.npz")[0][:16])
+    x = torch.from_numpy(load_dataset(DATA)[0][:16])
     plan = net.full_plan(8)
     name = "conv2d_4"
     net(x, plan).sum().backward()
@@ -127,7 +128,7 @@ def test_kbit_group_quantizer_levels_and_gradient():
 def test_float_plan_matches_float_graph(graph):
     from tersim.frontend import execute_float
 
-    x = load_dataset("examples/digits_test.npz")[0][:32]
+    x = load_dataset(DATA)[0][:32]
     net = GraphNet(graph)
     with torch.no_grad():
         out = net(torch.from_numpy(x)).numpy()
@@ -266,7 +267,7 @@ def test_written_model_is_bit_exact_in_verify(graph, data, tmp_path):
 
     train, val = data
     path = save_model(finetune(graph, train, _cfg(method="progressive", epochs=1)), tmp_path / "ft.pt2")
-    result = verify(Accelerator(), path, data="examples/digits_test.npz", group_size=64, act_bits=8, limit=64)
+    result = verify(Accelerator(), path, data=DATA, group_size=64, act_bits=8, limit=64)
     assert result.bit_exact
 
 

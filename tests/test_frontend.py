@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from naive import randomize_bn
 from tersim.errors import ModelLoadError, UnsupportedOpsError
 from tersim.frontend import Graph, execute_float, import_model, lower_exported, lower_module
 from tersim.frontend.ir import OP_ATTRS
@@ -117,21 +118,9 @@ class TwoBad(nn.Module):
         return torch.tanh(torch.sigmoid(self.conv(x)))
 
 
-def _randomize_bn(model: nn.Module) -> nn.Module:
-    """Non-trivial running stats, so a wrong fold shows up in the comparison."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-    return model.eval()
-
-
 def _make(cls) -> nn.Module:
     torch.manual_seed(0)
-    return _randomize_bn(cls())
+    return randomize_bn(cls(), seed=1)
 
 
 CASES = {

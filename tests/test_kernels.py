@@ -20,49 +20,12 @@ import tersim.kernels as K
 import tersim.kernels.conv as kconv
 import tersim.kernels.reference_torch as R
 import tersim.kernels.simd as ksimd
+from naive import naive_conv
 from tersim.kernels import round_shift
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ACT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "uint4": (0, 15), "int4": (-8, 7)}
 OUT_RANGES = [(-128, 127), (0, 127), (0, 255), (0, 15), (-(2**31), 2**31 - 1)]
-
-
-# ------------------------------------------------------------------------------------------ references
-
-def naive_conv(x, codes, alpha, bias, *, group_size, stride, padding, dilation, groups, acc_bits, saturate,
-               shift, out_lo, out_hi):
-    """The contract's pseudo-code, literally, on Python integers."""
-    B, Cin, H, W = x.shape
-    Cout, cin_g, kh, kw = codes.shape
-    (sh, sw), (ph, pw), (dh, dw), N = stride, padding, dilation, group_size
-    OH, OW = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    lo, hi = -(2 ** (acc_bits - 1)), 2 ** (acc_bits - 1) - 1
-    events = 0
-
-    def clamp_or_wrap(v):
-        nonlocal events
-        if lo <= v <= hi:
-            return v
-        events += 1
-        return min(max(v, lo), hi) if saturate else (v - lo) % 2**acc_bits + lo
-
-    y = np.zeros((B, Cout, OH, OW), np.int64)
-    for b in range(B):
-        for o in range(Cout):
-            c_base = (o // (Cout // groups)) * cin_g
-            for oy in range(OH):
-                for ox in range(OW):
-                    acc = clamp_or_wrap(int(bias[o]))
-                    for ky in range(kh):
-                        for kx in range(kw):
-                            iy, ix = oy * sh - ph + ky * dh, ox * sw - pw + kx * dw
-                            inside = 0 <= iy < H and 0 <= ix < W
-                            for g in range(math.ceil(cin_g / N)):
-                                psum = sum(int(codes[o, c, ky, kx]) * int(x[b, c_base + c, iy, ix])
-                                           for c in range(g * N, min(cin_g, (g + 1) * N))) if inside else 0
-                                acc = clamp_or_wrap(acc + psum * int(alpha[o, ky, kx, g]))
-                    y[b, o, oy, ox] = min(max(round_shift(acc, shift), out_lo), out_hi)
-    return y.astype(np.int32), events
 
 
 @contextmanager

@@ -5,7 +5,6 @@ A single `run` and the same point of a `sweep` must agree in every column, for e
 from __future__ import annotations
 
 import typing
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,8 +16,7 @@ from tersim.options import HARDWARE_OPTIONS, RunOptions, choices
 from tersim.pipeline import run
 from tersim.sweeps import run_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL, DATA, HW = ROOT / "examples/digits_resnet.pt2", ROOT / "examples/digits_test.npz", ROOT / "hw_configs/default.yaml"
+from conftest import DATA, HW, MODEL
 LIMIT = 40
 
 

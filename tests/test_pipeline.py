@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import HW
+from naive import randomize_bn
 from tersim.cli import main
 from tersim.config import Accelerator
 from tersim.engine.execute import dequantize_output, execute
@@ -37,19 +39,10 @@ class ResidualNet(nn.Module):
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def residual_files(tmp_path_factory):
     torch.manual_seed(0)
-    model = _randomize_bn(ResidualNet())
+    model = randomize_bn(ResidualNet())
     d = tmp_path_factory.mktemp("residual")
     x = torch.randn(48, 3, 8, 8)
     with torch.no_grad():
@@ -158,7 +151,7 @@ def test_cli_run_writes_reports(residual_files, tmp_path, capsys):
 
 def test_cli_verify_passes(residual_files, capsys):
     _, model_path, data = residual_files
-    assert main(["verify", "hw_configs/default.yaml", str(model_path), "--data", str(data)]) == 0
+    assert main(["verify", str(HW), str(model_path), "--data", str(data)]) == 0
     assert "PASS" in capsys.readouterr().out
 
 
@@ -177,11 +170,11 @@ def test_cli_errors_are_one_line_and_write_nothing(residual_files, tmp_path, cap
 
     odd = tmp_path / "odd.pt2"
     torch.export.save(torch.export.export(Odd(), (torch.randn(1, 3, 8, 8),)), odd)
-    assert main(["run", "hw_configs/default.yaml", str(odd), "--out", str(out)]) == 2
+    assert main(["run", str(HW), str(odd), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "sigmoid" in err and "tanh" in err
 
-    assert main(["run", "hw_configs/default.yaml", str(model_path), "--data", str(tmp_path / "none.npz"),
+    assert main(["run", str(HW), str(model_path), "--data", str(tmp_path / "none.npz"),
                  "--out", str(out)]) == 2
     assert "none.npz" in capsys.readouterr().err
     assert not out.exists()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,8 +16,7 @@ from tersim.report.html import render  # noqa: E402
 from tersim.report.plots import figures_for, one_point, pareto_mask, save_figures  # noqa: E402
 from tersim.sweeps import run_sweep, write_reports  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL, DATA, HW = ROOT / "examples/digits_resnet.pt2", ROOT / "examples/digits_test.npz", ROOT / "hw_configs/default.yaml"
+from conftest import DATA, HW, MODEL
 
 
 @pytest.fixture(scope="module")

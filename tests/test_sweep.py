@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,24 +12,22 @@ import pytest
 import tersim.sweeps as sweeps
 from tersim.cli import main
 from tersim.config import load_accelerator
-from tersim.data import load_dataset
 from tersim.errors import ConfigError
 from tersim.frontend import import_model
 from tersim.options import RunOptions
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL, DATA, HW = ROOT / "examples/digits_resnet.pt2", ROOT / "examples/digits_test.npz", ROOT / "hw_configs/default.yaml"
+from conftest import DATA, HW, MODEL
 LIMIT = 50
 
 
 @pytest.fixture(scope="module")
-def graph():
-    return import_model(MODEL)
+def graph(digits_graph):
+    return digits_graph
 
 
 @pytest.fixture(scope="module")
-def data():
-    return load_dataset(DATA)
+def data(digits_data):
+    return digits_data
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +108,7 @@ def _ctrl_c_on_call(monkeypatch, n: int) -> list:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sweeps, "evaluate_task", evaluate)
+    monkeypatch.setattr(sweeps.executors, "evaluate_task", evaluate)
     return calls
 
 

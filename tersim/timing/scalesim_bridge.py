@@ -2,7 +2,7 @@
 
 SCALE-Sim needs numpy < 2.4, so it usually lives in its own virtualenv and runs in a subprocess:
 the interpreter is $TERSIM_SCALESIM_PYTHON, else <repo>/.venv-scalesim/bin/python, else this one if it
-can import scalesim. Its gotchas (DESIGN.md section 3) are handled here: no padding (we pass padded ifmap
+can import scalesim. Its gotchas are handled here: no padding (we pass padded ifmap
 sizes), a trailing comma on every CSV line, a mandatory layout file, errors that still exit 0 (we check
 COMPUTE_REPORT.csv exists), "DP" in a layer name means depthwise (we name layers L0, L1, ...).
 """

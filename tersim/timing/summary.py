@@ -16,7 +16,7 @@ MAX_ARRAY_DIM = 4096  # ArrayConfig's limit
 
 
 def paper_projection(group_size: int, r_ternary: float = 16.0, r_int8: float = 4.0) -> float:
-    """FGQ paper's back-of-envelope speedup S(N) = 1 / ((1 - 1/N)/r_t + (1/N)/r_8) (DESIGN.md section 1)."""
+    """FGQ paper's back-of-envelope speedup S(N) = 1 / ((1 - 1/N)/r_t + (1/N)/r_8) (ternary lanes r_t, int8 lanes r_8 times an FP32 lane's throughput per area; docs/TIMING.md section 9)."""
     inv = 1.0 / group_size
     return 1.0 / ((1.0 - inv) / r_ternary + inv / r_int8)
 

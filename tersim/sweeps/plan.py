@@ -1,0 +1,132 @@
+"""The plan of a sweep: which points, on which hardware, under which cache key, in which units of work.
+
+A point is `pipeline.run(hw + overrides, model, options + (N, act_bits))`; its key hashes everything the
+result depends on (the graph's and the data's content, the hardware with the options folded in)."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import yaml
+
+from tersim import __version__
+from tersim.config import Accelerator
+from tersim.config.hardware import parse_yaml
+from tersim.errors import ConfigError
+from tersim.frontend import Graph
+from tersim.options import OPTION_BY_PATH, RunOptions
+
+KEY_COLUMNS = ("model", "hw", "group_size", "act_bits")
+AXES = {"group_scaling.group_size": "group_sizes", "pe.act_bits": "act_bits"}  # swept by run_sweep's arguments
+Combo = tuple[tuple[str, object], ...]  # the override values of one point, as (field path, value) pairs
+
+
+def parse_set(items: Sequence[str]) -> dict[str, list]:
+    """`["array.rows=8,16", "pe.zero_weights=gate,skip"]` -> {"array.rows": [8, 16], ...} (YAML scalars)."""
+    overrides: dict[str, list] = {}
+    for item in items:
+        path, sep, values = item.partition("=")
+        if not sep or not path.strip() or not values.strip():
+            raise ConfigError(f"--set '{item}': expected FIELD.PATH=VALUE[,VALUE...], e.g. array.rows=8,16")
+        try:
+            overrides[path.strip()] = [parse_yaml(v) for v in values.split(",")]
+        except yaml.YAMLError:
+            raise ConfigError(f"--set '{item}': field '{path.strip()}': values are not YAML scalars") from None
+    return overrides
+
+
+def hardware_points(hw: Accelerator, overrides: Mapping[str, Sequence],
+                    options: RunOptions) -> list[tuple[Combo, Accelerator]]:
+    """Every combination of override values, each validated now: a bad field fails before any work.
+    A swept field may be neither a sweep axis nor a hardware option the run fixes (`options`)."""
+    fixed = options.hardware_overrides()
+    for path in overrides:
+        if path in AXES:
+            raise ConfigError(f"overrides: '{path}' is a sweep axis: give its values as {AXES[path]}")
+        if path in fixed:
+            raise ConfigError(f"overrides: '{path}' is swept and also fixed by the option "
+                              f"{OPTION_BY_PATH[path].name}={fixed[path]!r}: give one of them")
+    paths = list(overrides)
+    combos = [tuple(zip(paths, values)) for values in itertools.product(*(overrides[p] for p in paths))]
+    return [(combo, hw.with_overrides(dict(combo))) for combo in combos]
+
+
+@dataclass(frozen=True)
+
+
+class Point:
+    """One sweep point: `run(hw, model, options)` with `hw` the config plus the point's overrides."""
+
+    group_size: int
+    act_bits: int
+    combo: Combo
+    hw: Accelerator          # the config with the point's overrides, before `options` are folded in
+    options: RunOptions      # the run's options with this point's group size and activation bits
+    key: str
+
+
+@dataclass(frozen=True)
+
+
+class Task:
+    """A unit of work for one worker: points sharing N and overrides (timing-only ternarizes them once)."""
+
+    points: tuple[Point, ...]
+    timing_only: bool = False
+
+
+# --- content hashes ---------------------------------------------------------------------------------------
+def _update_array(h: "hashlib._Hash", arr: np.ndarray | None) -> None:
+    if arr is None:
+        h.update(b"none")
+        return
+    arr = np.ascontiguousarray(arr)
+    h.update(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(memoryview(arr).cast("B"))
+
+
+def graph_digest(graph: Graph) -> str:
+    """Hash of the lowered model's content (structure, attributes, weights), not of the file it came from."""
+    h = hashlib.sha256(f"{graph.name}|{graph.output}".encode())
+    for node in graph.nodes:
+        h.update(repr((node.name, node.op, node.inputs, sorted(node.attrs.items()), node.shape)).encode())
+        _update_array(h, node.weight)
+        _update_array(h, node.bias)
+    return h.hexdigest()
+
+
+def data_digest(data: tuple[np.ndarray, np.ndarray | None] | None) -> str | None:
+    if data is None:
+        return None
+    h = hashlib.sha256()
+    for arr in data:
+        _update_array(h, arr)
+    return h.hexdigest()
+
+
+def point_key(graph_hash: str, data_hash: str | None, hw: Accelerator, options: RunOptions, timing_only: bool) -> str:
+    """Cache key: everything a point's result depends on (`hw` with the options folded in), and the version."""
+    payload = {"graph": graph_hash, "data": None if timing_only else data_hash,
+               "hw": hw.model_dump(mode="json"), "limit": None if timing_only else options.limit,
+               "timing": options.timing, "timing_only": timing_only, "version": __version__}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def plan_tasks(hw_points: list[tuple[Combo, Accelerator]], group_sizes: Sequence[int], act_bits: Sequence[int],
+               options: RunOptions, graph_hash: str, data_hash: str | None, timing_only: bool) -> list[Task]:
+    """Every (hardware point, N, act_bits) point with its cache key, grouped into units of work: in timing-only
+    mode the act_bits points of one (hardware point, N) share their ternarized weights, so they are one task."""
+    tasks: list[Task] = []
+    for combo, hw_combo in hw_points:
+        for n in group_sizes:
+            points = []
+            for bits in act_bits:
+                point_options = options.replace(group_size=n, act_bits=bits, data=None)
+                key = point_key(graph_hash, data_hash, point_options.apply(hw_combo), point_options, timing_only)
+                points.append(Point(n, bits, combo, hw_combo, point_options, key))
+            tasks += [Task(tuple(points), True)] if timing_only else [Task((p,)) for p in points]
+    return tasks

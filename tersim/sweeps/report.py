@@ -1,0 +1,63 @@
+"""Sweep results as tables and files: the tidy points/layers DataFrames and the CSV/Parquet/HTML reports."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from tersim.files import safe_name
+from tersim.report.optional import MissingExtraError, require
+from tersim.sweeps.cache import PointResult
+from tersim.sweeps.plan import Point
+
+if TYPE_CHECKING:
+    from tersim.sweeps.driver import SweepResult
+
+
+def frames(points: list[Point], done: dict[str, PointResult], paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tidy points and layers DataFrames in sweep order, key columns first."""
+    rows, layer_frames = [], []
+    for p in points:
+        result = done[p.key]
+        keys = {"model": result.summary["model"], "hw": result.summary["hw"], **dict(p.combo),
+                "group_size": p.group_size, "act_bits": p.act_bits}
+        rows.append({**keys, **{k: v for k, v in result.summary.items() if k not in keys}})
+        layers = result.layers.rename(columns={"group_size": "effective_group_size"})
+        layer_frames.append(pd.concat([pd.DataFrame([keys] * len(layers)), layers], axis=1))
+    points_frame = pd.DataFrame(rows)
+    layers_frame = pd.concat(layer_frames, ignore_index=True) if layer_frames else pd.DataFrame()
+    return points_frame, layers_frame
+
+
+def report_stem(points: pd.DataFrame) -> str:
+    """`<model>_<hw>_sweep`, safe as a file name."""
+    return safe_name(f"{points.model.iloc[0]}_{points.hw.iloc[0]}_sweep")
+
+
+def available_formats() -> tuple[tuple[str, ...], str | None]:
+    """The report formats this installation can write, and why the others cannot (None: all can).
+    CSV always; Parquet and HTML need the `report` extra (pyarrow)."""
+    try:
+        require("pyarrow")
+    except MissingExtraError as exc:
+        return ("csv",), f"no Parquet/HTML report: {exc}"
+    return ("csv", "parquet", "html"), None
+
+
+def write_reports(result: SweepResult, out: str | Path) -> list[Path]:
+    """The points and per-layer tables of `result` in every format `available_formats` allows, atomically;
+    returns the files written."""
+    from tersim.report.tables import write_atomic
+
+    formats, _ = available_formats()
+    out, stem = Path(out), report_stem(result.points)
+    tables = {f"{stem}": result.points, f"{stem}_layers": result.layers}
+    written = [write_atomic(frame, out / f"{name}.csv") for name, frame in tables.items()]
+    if "parquet" in formats:
+        written += [write_atomic(frame, out / f"{name}.parquet") for name, frame in tables.items()]
+    if "html" in formats:
+        from tersim.report.html import write_html_report
+
+        written.append(write_html_report(out / f"{stem}.html", result.points, result.layers, title=stem))
+    return written
