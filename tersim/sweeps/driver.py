@@ -11,7 +11,7 @@ import pandas as pd
 from tersim.config import Accelerator, load_accelerator
 from tersim.frontend import Graph
 from tersim.options import RunOptions
-from tersim.sweeps import executors
+from tersim.sweeps.executors import Results, dask_results, process_results, serial_results
 from tersim.sweeps.cache import PointCache
 from tersim.sweeps.plan import Task, data_digest, graph_digest, hardware_points, plan_tasks
 from tersim.sweeps.report import frames
@@ -99,13 +99,13 @@ def _collect(tasks: list[Task], graph: Graph, data, cache: PointCache, progress:
         progress = sys.stderr.isatty()
     bar = tqdm(total=len(all_points), initial=cached, desc="sweep", unit="point", disable=not progress)
     if not todo:
-        results: executors.Results = iter(())
+        results: Results = iter(())
     elif dask is not None or workers:
-        results = executors.dask_results(todo, graph, data, dask, workers)
+        results = dask_results(todo, graph, data, dask, workers)
     elif jobs and jobs > 1:
-        results = executors.process_results(todo, graph, data, jobs)
+        results = process_results(todo, graph, data, jobs)
     else:
-        results = executors.serial_results(todo, graph, data)
+        results = serial_results(todo, graph, data)
     interrupted = False
     try:
         for finished in results:
