@@ -28,7 +28,6 @@ sys.path.insert(0, str(ROOT))
 from tersim.config import load_accelerator  # noqa: E402
 from tersim.engine.cycle_engine import conv2d_engine, linear_engine  # noqa: E402
 from tersim.engine.execute import execute  # noqa: E402
-from tersim.options import RunOptions  # noqa: E402
 from tersim.pipeline import layer_shape, prepare  # noqa: E402
 from tersim.timing.analytic import layer_timing  # noqa: E402
 
@@ -91,7 +90,7 @@ def skip_vs_gate(hw) -> list[str]:
 
 def resnet50(hw, repeats: int) -> tuple[list[str], list, float]:
     """The whole ResNet-50 through the engine: each layer gets its real integer input (one sample)."""
-    p = prepare(hw, "resnet50", RunOptions.of(limit=1))
+    p = prepare(hw, "resnet50", limit=1)
     qgraph = p.qgraph
     values = execute(qgraph, p.x[:1], keep_all=True).outputs
     layers = [layer for layer in qgraph.layers.values() if layer.weight_kind and not layer.is_fused_away]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -72,9 +73,11 @@ class Prepared:
     qgraph: QuantizedGraph
 
 
-def prepare(hw: Accelerator | str | Path, model: Graph | str | Path, options: RunOptions) -> Prepared:
-    """Load the hardware (with `options` folded in), the model and the data, calibrate on the first batches
-    and quantize."""
+def prepare(hw: Accelerator | str | Path, model: Graph | str | Path, options: RunOptions | None = None,
+            **changes) -> Prepared:
+    """Load the hardware (with the options folded in), the model and the data, calibrate on the first batches
+    and quantize. `options`/keywords as for `run`."""
+    options = RunOptions.of(options, **changes)
     if not isinstance(hw, Accelerator):
         hw = load_accelerator(hw)
     hw = options.apply(hw)
