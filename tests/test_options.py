@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import typing
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
+from torch import nn
 
 from tersim.cli import build_parser, main
 from tersim.config import Accelerator, load_accelerator
-from tersim.errors import ConfigError, OptionError
+from tersim.errors import ConfigError, ModelLoadError, OptionError
 from tersim.options import HARDWARE_OPTIONS, RunOptions, choices
 from tersim.pipeline import run
 from tersim.sweeps import run_sweep
 
 from conftest import DATA, HW, MODEL
+from naive import randomize_bn
 LIMIT = 40
 
 
@@ -133,3 +137,31 @@ def test_cli_run_act_bits_4_equals_the_sweep_point(tmp_path):
     point_layers = point_layers.drop(columns=["model", "hw", "group_size", "act_bits"]).rename(
         columns={"effective_group_size": "group_size"}).reset_index(drop=True)
     pd.testing.assert_frame_equal(point_layers[layers.columns], layers)
+
+
+class TinyNet(nn.Module):
+    """A pickled nn.Module needs trust_pickle and input_shape: the model-loading options."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_model_loading_options_reach_run_and_sweep_alike(tmp_path):
+    path = tmp_path / "tiny.pt"
+    torch.save(randomize_bn(TinyNet()), path)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((20, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 20)
+    options = RunOptions.of(data=(x, y), input_shape=(1, 8, 8), trust_pickle=True, timing="analytic")
+    single = run(HW, path, options.replace(group_size=2, act_bits=8))
+    _same_rows(single, run_sweep(HW, path, [2], [8], options))
+    with pytest.raises(ModelLoadError, match="trust"):
+        run(HW, path, options.replace(trust_pickle=False))
+    with pytest.raises(ModelLoadError, match="trust"):
+        run_sweep(HW, path, [2], [8], options.replace(trust_pickle=False))
