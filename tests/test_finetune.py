@@ -283,7 +283,7 @@ def test_bad_data_is_one_line_data_error(tmp_path, capsys, content):
         bad.write_text("hello\n")
     elif content == "no_labels":
         np.savez(bad, x=np.zeros((4, 1, 8, 8), np.float32))
-    code = tersim_main(["finetune", MODEL, "--data", str(bad), "-o", str(tmp_path / "o.pt2"), "--epochs", "1",
+    code = tersim_main(["finetune", str(MODEL), "--data", str(bad), "-o", str(tmp_path / "o.pt2"), "--epochs", "1",
                           "--no-checkpoints"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == DataError.exit_code
