@@ -97,7 +97,7 @@ def dask_results(tasks: list[Task], graph: Graph, data, dask: object, workers: i
         try:
             client = Client(dask if dask is not None else owned[0], timeout="20s")
         except (OSError, ValueError, TypeError) as exc:
-            raise TersimError(f"dask={dask!r}: cannot reach the scheduler: {one_line(exc)}") from None
+            raise TersimError(f"dask={dask!r} (--dask): cannot reach the scheduler: {one_line(exc)}") from None
         owned.insert(0, client)
     futures = []
     try:
