@@ -217,11 +217,18 @@ def ternarize(weight: Array, group_size: int, method: str = "exact") -> tuple[Ar
     if w4.numel() == 0:
         codes = torch.zeros(w.shape, dtype=torch.int8)
         return _out(codes, torch.zeros((cout, kh, kw, _num_groups(cin, n)), dtype=w.dtype), from_numpy)
+    n_eff = min(n, cin)  # N >= Cin is one group; don't pad it to N
+    if from_numpy and method == "exact":  # the same solver group by group in Numba (bit-identical, no copies)
+        from tersim.quantize.fgq_kernels import exact_ternary
+
+        w64 = np.ascontiguousarray(w4.numpy())
+        if not np.isfinite(w64).all():
+            raise ValueError("weight contains NaN or infinite values")
+        codes, alpha = exact_ternary(w64, n_eff)
+        return codes.reshape(w.shape), alpha
     if not bool(torch.isfinite(w4).all()):
         raise ValueError("weight contains NaN or infinite values")
-
     cdtype = _compute_dtype(w.dtype)
-    n_eff = min(n, cin)  # N >= Cin is one group; don't pad it to N
     groups = to_groups(w4.to(cdtype), n_eff)
     keep, alpha = _SOLVERS[method](groups, _group_counts(cin, n_eff, cdtype))
     codes = (torch.sign(groups) * keep).to(torch.int8)
@@ -303,6 +310,8 @@ def fixed_point_alpha(alpha: Array, scale_bits: int) -> tuple[np.ndarray, int]:
 def weight_stats(weight: Array, codes: Array, alpha: Array, group_size: int) -> dict[str, float]:
     """Quality of a quantized weight: ``sparsity`` (fraction of zero codes) and
     ``rel_error`` = ||W - W_q|| / ||W|| (Frobenius; 0 when both are 0, inf if only W is 0)."""
+    if not any(isinstance(v, torch.Tensor) for v in (weight, codes, alpha)):
+        return _weight_stats_numpy(np.asarray(weight), np.asarray(codes), np.asarray(alpha), group_size)
     w, c, a = _as_tensor(weight).double(), _as_tensor(codes), _as_tensor(alpha).double()
     wq = dequantize(c, a, group_size)
     if tuple(wq.shape) != tuple(w.shape):
@@ -310,6 +319,32 @@ def weight_stats(weight: Array, codes: Array, alpha: Array, group_size: int) -> 
     sparsity = float((c == 0).double().mean()) if c.numel() else 0.0
     err = float(torch.linalg.vector_norm(w - wq))
     ref = float(torch.linalg.vector_norm(w))
+    rel = 0.0 if err == 0.0 else (err / ref if ref > 0 else math.inf)
+    return {"sparsity": sparsity, "rel_error": rel}
+
+
+def _weight_stats_numpy(weight: np.ndarray, codes: np.ndarray, alpha: np.ndarray, group_size: int) -> dict[str, float]:
+    """weight_stats for numpy arrays without dequantize's per-weight alpha copy: the residual w - code * alpha
+    in Numba (the same float64 products), the norms in torch as before (same summation order)."""
+    from tersim.quantize.fgq_kernels import dequantized_residual
+
+    n = _check_group_size(group_size)
+    w4 = np.asarray(weight, np.float64)
+    w4 = w4[:, :, None, None] if w4.ndim == 2 else w4
+    c4 = codes[:, :, None, None] if codes.ndim == 2 else codes
+    if c4.shape != w4.shape:
+        raise ValueError(f"codes shape {codes.shape} does not match weight shape {weight.shape}")
+    expected = (c4.shape[0], c4.shape[2], c4.shape[3], _num_groups(c4.shape[1], n))
+    if alpha.shape != expected:
+        raise ValueError(f"alpha shape {alpha.shape} does not match codes {codes.shape} "
+                         f"with group_size {n}: expected {expected}")
+    if not codes.size:
+        return {"sparsity": 0.0, "rel_error": 0.0}
+    residual = dequantized_residual(np.ascontiguousarray(w4), np.ascontiguousarray(c4, np.int8),
+                                    np.ascontiguousarray(alpha, np.float64), n)
+    sparsity = float(np.count_nonzero(codes == 0) / codes.size)
+    err = float(torch.linalg.vector_norm(torch.from_numpy(residual)))
+    ref = float(torch.linalg.vector_norm(torch.from_numpy(np.ascontiguousarray(w4))))
     rel = 0.0 if err == 0.0 else (err / ref if ref > 0 else math.inf)
     return {"sparsity": sparsity, "rel_error": rel}
 

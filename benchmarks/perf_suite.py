@@ -1,0 +1,170 @@
+"""The performance table of tersim in one run: integer execution vs torch FP32, FGQ speed, `run` wall time and
+peak memory, sweep throughput. Every row is measured in this process (or a child it waits for) at the same time.
+
+    python benchmarks/perf_suite.py [--repeats 7] [--threads 2] [--out reports/perf.txt] [--skip ROW ...]
+
+* exec rows: torch FP32 inference and tersim's bit-exact integer execution of the same model on the same
+  input, the two calls interleaved, median of --repeats; the ratio torch / tersim (> 1: tersim faster).
+* fgq row: `quantize_weights` (exact FGQ of every conv/linear weight of ResNet-50, with the fixed-point
+  alphas and per-layer statistics), median of --repeats, for N = 4.
+* run row: `python -m tersim run hw_configs/default.yaml resnet50` as a child process (wall time from
+  start to exit, peak RSS of that child alone via os.wait4's rusage).
+* sweep row: ResNet-50 timing-only sweep, 3 group sizes x 27 hardware points (array rows x cols x
+  dataflow), serial, no point cache; the model is loaded before the clock starts.
+
+On a shared machine absolute times move with the load: read the ratios, and the load average printed with
+the table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tersim.config import Accelerator, load_accelerator  # noqa: E402
+from tersim.engine.execute import execute  # noqa: E402
+from tersim.frontend import lower_module  # noqa: E402
+from tersim.models.zoo import ZOO, build  # noqa: E402
+from tersim.quantize.graph import quantize_graph, quantize_weights  # noqa: E402
+
+SWEEP_N = [1, 4, 16]
+SWEEP_HW = {"array.rows": [8, 16, 32], "array.cols": [8, 16, 32],
+            "array.dataflow": ["weight_stationary", "output_stationary", "input_stationary"]}
+ROWS = ("exec", "fgq", "run", "sweep")
+
+
+def interleaved_medians(fns: list, repeats: int) -> list[float]:
+    """Median seconds of each function, calls interleaved so load on a shared machine hits all alike."""
+    for fn in fns:
+        fn()  # warm-up: Numba compilation, caches, torch allocator
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, t in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def exec_row(name: str, batch: int, repeats: int) -> tuple[str, str, str, float]:
+    model, shape = build(name), ZOO[name].input_shape
+    torch.manual_seed(0)
+    x = torch.randn(batch, *shape)
+    graph = lower_module(model, torch.randn(2, *shape), name)
+    qgraph = quantize_graph(graph, [x.numpy()], Accelerator(), group_size=4, act_bits=8)
+    xn = x.numpy()
+    with torch.no_grad():
+        t_torch, t_int = interleaved_medians([lambda: model(x), lambda: execute(qgraph, xn, keep_all=False)], repeats)
+    ratio = t_torch / t_int
+    return (f"{name} integer exec vs torch FP32, batch {batch}",
+            f"{ratio:.2f}x (torch {1e3 * t_torch:.1f} ms, tersim {1e3 * t_int:.1f} ms)", ">= 1.5x", ratio >= 1.5)
+
+
+def fgq_row(repeats: int) -> tuple:
+    from tersim.frontend import import_model
+
+    graph = import_model("resnet50")
+    hw = Accelerator()
+    n_weights = sum(n.weight.size for n in graph.weighted())
+    (t,) = interleaved_medians([lambda: quantize_weights(graph, hw, 4)], repeats)
+    return (f"FGQ exact ternarization of ResNet-50 ({n_weights / 1e6:.1f} M weights), N=4", f"{t:.3f} s",
+            "<= 0.3 s", t <= 0.3)
+
+
+def run_row() -> tuple:
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "tersim", "run", "hw_configs/default.yaml", "resnet50", "--out", out]
+        start = time.perf_counter()
+        child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
+        err = child.stderr.read().decode()
+        child.stderr.close()
+    if child.returncode != 0:
+        raise SystemExit(f"perf_suite: `{' '.join(cmd[1:])}` failed:\n{err}")
+    rss_gb = usage.ru_maxrss * 1024 / 1e9  # Linux: KiB
+    return ("`tersim run hw_configs/default.yaml resnet50` (16 samples, engine timing)",
+            f"{wall:.1f} s wall, {rss_gb:.2f} GB peak RSS", "<= 8 s, <= 1 GB", wall <= 8 and rss_gb <= 1)
+
+
+def sweep_row(repeats: int) -> tuple:
+    from tersim.frontend import import_model
+    from tersim.sweeps import run_sweep
+
+    graph = import_model("resnet50")
+    hw = load_accelerator(ROOT / "hw_configs/default.yaml")
+    points = len(SWEEP_N) * int(np.prod([len(v) for v in SWEEP_HW.values()]))
+
+    def sweep():
+        run_sweep(hw, graph, SWEEP_N, [8], overrides=SWEEP_HW, timing_only=True, progress=False)
+
+    (t,) = interleaved_medians([sweep], max(1, repeats // 3))
+    return (f"ResNet-50 timing-only sweep, {len(SWEEP_N)} N x {points // len(SWEEP_N)} hardware points",
+            f"{points / t:.1f} points/s ({points} points in {t:.2f} s)", ">= 50 points/s", points / t >= 50)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "reports/perf.txt"), help="'-' = print only")
+    parser.add_argument("--skip", nargs="*", default=[], choices=ROWS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    rows = []
+    if "exec" not in args.skip:
+        for name, batch in (("resnet50", 1), ("resnet50", 8), ("resnet18", 1)):
+            rows.append(exec_row(name, batch, args.repeats))
+            print(*rows[-1][:2], sep=": ", flush=True)
+    if "fgq" not in args.skip:
+        rows.append(fgq_row(args.repeats))
+        print(*rows[-1][:2], sep=": ", flush=True)
+    if "run" not in args.skip:
+        rows.append(run_row())
+        print(*rows[-1][:2], sep=": ", flush=True)
+    if "sweep" not in args.skip:
+        rows.append(sweep_row(args.repeats))
+        print(*rows[-1][:2], sep=": ", flush=True)
+    load_after = os.getloadavg()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    from tersim.kernels.simd import HAVE_VNNI
+
+    lines = [f"$ python benchmarks/perf_suite.py --repeats {args.repeats} --threads {args.threads}",
+             f"# {cpu}, {os.cpu_count()} cores, AVX-512 VNNI {'yes' if HAVE_VNNI else 'no'}; torch {torch.__version__}, "
+             f"numba {numba.__version__}; threads: torch {torch.get_num_threads()}, numba {numba.get_num_threads()}",
+             f"# load average (1/5/15 min) before {'/'.join(f'{v:.1f}' for v in load_before)}, "
+             f"after {'/'.join(f'{v:.1f}' for v in load_after)} (shared machine: other jobs ran alongside)",
+             f"# exec and fgq rows: medians of {args.repeats} interleaved repeats; sweep row: median of "
+             f"{max(1, args.repeats // 3)}; run row: one child process",
+             ""]
+    width = max(len(r[0]) for r in rows) if rows else 10
+    vwidth = max(len(r[1]) for r in rows) if rows else 10
+    lines.append(f"{'figure':<{width}}  {'measured':<{vwidth}}  {'target':<16} met")
+    for label, value, target, met in rows:
+        lines.append(f"{label:<{width}}  {value:<{vwidth}}  {target:<16} {'yes' if met else 'NO'}")
+    text = "\n".join(lines) + "\n"
+    print()
+    print(text, end="")
+    if args.out != "-":
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The Numba FGQ solver (numpy weights, method "exact") against the torch solver it replaces, bit for bit."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from tersim.quantize import fgq
+
+FAST = settings(max_examples=80, deadline=None)
+
+
+def torch_exact(w, n):
+    """The torch path (a float64 tensor takes it): the pre-Numba implementation."""
+    codes, alpha = fgq.ternarize(torch.from_numpy(np.array(w, np.float64)), n)
+    return codes.numpy(), alpha.numpy()
+
+
+def torch_stats(w, codes, alpha, n):
+    return fgq.weight_stats(torch.from_numpy(np.array(w)), torch.from_numpy(codes), torch.from_numpy(alpha), n)
+
+
+def assert_same(w, n):
+    codes, alpha = fgq.ternarize(w, n)
+    ref_codes, ref_alpha = torch_exact(w, n)
+    assert codes.dtype == np.int8 and alpha.dtype == np.float64
+    np.testing.assert_array_equal(codes, ref_codes)
+    assert alpha.shape == ref_alpha.shape
+    assert np.array_equal(alpha.view(np.int64), ref_alpha.view(np.int64))  # bits, incl. the sign of zero
+    n_eff = min(n, w.shape[1])
+    assert fgq.weight_stats(w, codes, alpha, n_eff) == torch_stats(w, codes, alpha, n_eff)
+
+
+@st.composite
+def weights(draw):
+    conv = draw(st.booleans())
+    cout, cin = draw(st.integers(1, 4)), draw(st.integers(1, 40))
+    shape = (cout, cin, draw(st.integers(1, 3)), draw(st.integers(1, 3))) if conv else (cout, cin)
+    elems = st.one_of(st.floats(-4, 4, allow_subnormal=False, width=32),
+                      st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, -0.5]))  # many ties and zeros
+    w = draw(hnp.arrays(draw(st.sampled_from([np.float32, np.float64])), shape, elements=elems))
+    return w, draw(st.integers(1, cin + 3))
+
+
+@FAST
+@given(weights())
+def test_numba_exact_equals_torch_exact(wn):
+    assert_same(*wn)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 16, 32, 33, 64, 200])
+def test_edge_cases(n):
+    rng = np.random.default_rng(n)
+    ties = np.round(rng.standard_normal((6, 70, 3, 3)) * 2) / 2          # many equal |w|, short last group
+    assert_same(ties, n)
+    zeros = rng.standard_normal((4, 70, 1, 1))
+    zeros[:, :35] = 0.0                                                  # all-zero groups
+    zeros[1] = 0.0
+    assert_same(zeros, n)
+    assert_same(np.zeros((3, 5)), n)                                     # all zero: alpha 0, codes 0
+    assert_same(np.full((2, 9, 1, 1), -0.25), n)                         # every weight tied
+    assert_same(rng.standard_normal((5, 1, 3, 3)), n)                    # Cin = 1
+    assert_same(rng.standard_normal((2, 300)).astype(np.float32), n)     # long groups (merge sort path)
+
+
+def test_long_single_group_and_huge_values():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((3, 2048)) * 1e150                           # N > Cin, values far from 1
+    assert_same(w, 4096)
+    assert_same(w, 2048)
+    assert_same(rng.standard_normal((2, 40)) * 1e-150, 8)
+
+
+def test_bad_input_still_rejected():
+    with pytest.raises(ValueError, match="NaN"):
+        fgq.ternarize(np.array([[1.0, np.nan]]), 2)
+    with pytest.raises(ValueError, match="does not match"):
+        fgq.weight_stats(np.ones((2, 4)), np.ones((2, 3), np.int8), np.ones((2, 1, 1, 1)), 4)
