@@ -192,7 +192,25 @@ def cmd_export_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+MMAP_THRESHOLD = 1 << 20  # bytes; glibc's M_MMAP_THRESHOLD
+
+
+def _return_freed_memory() -> None:
+    """Large buffers (activations, im2col, weight copies) in their own mappings, handed back to the OS when
+    freed: glibc otherwise raises its mmap threshold after the first large free and keeps later ones in a
+    heap that never shrinks, so a network's freed activations stay in the peak RSS. Linux/glibc only."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, MMAP_THRESHOLD)  # -3: M_MMAP_THRESHOLD (fixes it: no adaptation)
+    except (OSError, AttributeError):  # musl or another libc: keep its defaults
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    _return_freed_memory()
     try:
         args = build_parser().parse_args(argv)
         from tersim.finetune.cli import cmd_finetune

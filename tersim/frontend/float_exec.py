@@ -72,29 +72,39 @@ OPS: dict[str, Callable[[Node, list[torch.Tensor], dict], torch.Tensor]] = {
 }
 
 
-def execute_float(graph: Graph, x: np.ndarray, dtype=np.float64,
-                  return_all: bool = False) -> np.ndarray | dict[str, np.ndarray]:
+def execute_float(graph: Graph, x: np.ndarray, dtype=np.float64, return_all: bool = False,
+                  each: Callable[[str, np.ndarray], None] | None = None) -> np.ndarray | dict[str, np.ndarray]:
     """Run `graph` on the batch `x` (N, *input_shape) in `dtype`.
 
     Returns the output array, or with `return_all` a dict node name -> output for every node
-    (the 'input' node included), in graph order.
+    (the 'input' node included), in graph order. `each(name, value)` sees every node's output as it is
+    computed; without `return_all` a tensor is freed as soon as its last consumer has run, so memory
+    holds a few activations, not the whole network's.
     """
     tdtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
     x = np.asarray(x)
     if tuple(x.shape[1:]) != tuple(graph.input_shape):
         raise ValueError(f"{graph.name}: input batch shape {x.shape} does not match (N, *{graph.input_shape})")
     values: dict[str, torch.Tensor] = {}
+    remaining_uses = {n.name: len(graph.consumers(n.name)) for n in graph.nodes}
     with torch.no_grad():
         for node in graph.nodes:
             if node.op == "input":
                 values[node.name] = torch.from_numpy(np.ascontiguousarray(x)).to(tdtype)
-                continue
-            params = {}
-            if node.weight is not None:
-                params["weight"] = torch.from_numpy(node.weight).to(tdtype)
-            if node.bias is not None:
-                params["bias"] = torch.from_numpy(node.bias).to(tdtype)
-            values[node.name] = OPS[node.op](node, [values[i] for i in node.inputs], params)
+            else:
+                params = {}
+                if node.weight is not None:
+                    params["weight"] = torch.from_numpy(node.weight).to(tdtype)
+                if node.bias is not None:
+                    params["bias"] = torch.from_numpy(node.bias).to(tdtype)
+                values[node.name] = OPS[node.op](node, [values[i] for i in node.inputs], params)
+            if each is not None:
+                each(node.name, values[node.name].numpy())
+            if not return_all:
+                for i in node.inputs:
+                    remaining_uses[i] -= 1
+                    if remaining_uses[i] == 0 and i != graph.output:
+                        del values[i]
     if return_all:
         return {name: t.numpy() for name, t in values.items()}
     return values[graph.output].numpy()

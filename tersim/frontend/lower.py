@@ -8,6 +8,7 @@ Unsupported ops are collected, all of them, and raised together before anything 
 """
 from __future__ import annotations
 
+import gc
 import math
 import operator
 import warnings
@@ -60,7 +61,10 @@ def lower_exported(ep: torch.export.ExportedProgram, name: str) -> Graph:
             ep = ep.run_decompositions(decomposition_table())
     except Exception as exc:
         raise ModelLoadError(f"{name}: decomposing the exported program failed: {_first_line(exc)}") from exc
-    return _Lowering(ep, name).run()
+    graph = _Lowering(ep, name).run()
+    del ep
+    gc.collect()  # torch.export's programs hold copies of the weights in reference cycles: free them now
+    return graph
 
 
 def _first_line(exc: BaseException) -> str:

@@ -333,7 +333,9 @@ def _weight_plan(codes4: np.ndarray, alpha4: np.ndarray, group_size: int) -> dic
     if plan is None:
         codes_t = np.ascontiguousarray(codes4.transpose(0, 2, 3, 1), np.int8)
         S, weff, wmax = plan_channels(codes_t, np.ascontiguousarray(alpha4, np.int32), int(group_size))
-        plan = {"S": S, "weff": weff, "wmax": wmax}
+        if wmax.size and wmax.max() < 2**15:  # the usual case: int16 holds every folded weight, half the memory
+            weff = weff.astype(np.int16)
+        plan = {"S": S, "weff": weff, "wmax": wmax, "source": (codes4, alpha4, int(group_size)), "key": key}
         _plan_cache[key] = plan
         while len(_plan_cache) > PLAN_CACHE_SIZE:
             _plan_cache.popitem(last=False)
@@ -342,20 +344,38 @@ def _weight_plan(codes4: np.ndarray, alpha4: np.ndarray, group_size: int) -> dic
     return plan
 
 
+def _folded_weights(plan: dict) -> np.ndarray:
+    """plan["weff"], re-derived from the plan's weights if _simd_weights dropped it."""
+    if "weff" not in plan:
+        codes4, alpha4, group_size = plan["source"]
+        if (_content_key(codes4), _content_key(alpha4), group_size) != plan["key"]:
+            raise RuntimeError("conv weights were modified in place after their first use; pass a copy instead")
+        codes_t = np.ascontiguousarray(codes4.transpose(0, 2, 3, 1), np.int8)
+        weff = plan_channels(codes_t, np.ascontiguousarray(alpha4, np.int32), group_size)[1]
+        plan["weff"] = weff.astype(np.int16) if plan["wmax"].max() < 2**15 else weff
+    return plan["weff"]
+
+
 def _int16_weights(plan: dict) -> np.ndarray:
-    """weff as int16 (Cout, kh, kw * cin_g), made once per plan; only rows with wmax < 2**15 are meaningful."""
+    """weff as int16 (Cout, kh, kw * cin_g), made once per plan (a view when weff is int16 already); only rows
+    with wmax < 2**15 are meaningful."""
     if "w16" not in plan:
-        Cout, kh, kw, cin_g = plan["weff"].shape
-        plan["w16"] = plan["weff"].astype(np.int16).reshape(Cout, kh, kw * cin_g)
+        weff = _folded_weights(plan)
+        Cout, kh, kw, cin_g = weff.shape
+        plan["w16"] = weff.astype(np.int16, copy=False).reshape(Cout, kh, kw * cin_g)
     return plan["w16"]
 
 
 def _simd_weights(plan: dict) -> tuple[np.ndarray, int]:
     """The int16 weights packed for tersim.kernels.simd (input channels padded to even), made once per plan."""
     if "wp" not in plan:
-        Cout, kh, kw, cin_g = plan["weff"].shape
+        Cout, kh, kw, cin_g = _folded_weights(plan).shape
         plan["cin_pad"] = cin_g + cin_g % 2
         plan["wp"] = simd.pack_weights(_int16_weights(plan).reshape(Cout, kh, kw, cin_g), plan["cin_pad"])
+        if plan["weff"].dtype == np.int16:
+            # every fast channel fits int16, so with |x| < 2**15 all of them run on wp and the grid never
+            # reads weff; cached layers hold only the packed copy (re-derived in the rare other case)
+            del plan["weff"], plan["w16"]
     return plan["wp"], plan["cin_pad"]
 
 
@@ -451,7 +471,7 @@ def conv2d_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np
         _run_dot(x, bias_q, spec, _int16_weights(plan), np.flatnonzero(chosen), shift, y)
     events = 0
     if not chosen.all():
-        events = _run_grid(x, codes, alpha_q, bias_q, spec, fast, plan["weff"], np.flatnonzero(~chosen), xmax,
+        events = _run_grid(x, codes, alpha_q, bias_q, spec, fast, _folded_weights(plan), np.flatnonzero(~chosen), xmax,
                            saturate, shift, y)
     return y, int(events)
 
@@ -468,7 +488,7 @@ def linear_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np
     plan = _weight_plan(codes[:, :, None, None], alpha_q[:, None, None, :], spec.group_size)
     fast = _fast_channels(plan, bias_q, spec, xmax)
     narrow = xmax < 2**15 and plan["wmax"][fast].max(initial=0) < 2**15  # int16 operands: vpmaddwd
-    weff = _int16_weights(plan)[:, 0, :] if narrow else plan["weff"][:, 0, 0, :]  # only fast rows are read
+    weff = _int16_weights(plan)[:, 0, :] if narrow else _folded_weights(plan)[:, 0, 0, :]  # only fast rows are read
     events = linear_kernel(np.ascontiguousarray(x, np.int16 if narrow else np.int32),
                            np.ascontiguousarray(codes, np.int8), weff, np.ascontiguousarray(alpha_q, np.int32),
                            np.ascontiguousarray(bias_q, np.int64), fast, spec.group_size, spec.acc_lo,

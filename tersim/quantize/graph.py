@@ -86,11 +86,13 @@ class QuantizedGraph:
 def calibrate_max_abs(graph: Graph, batches: list[np.ndarray]) -> dict[str, float]:
     """Largest |value| of every node's float output over the calibration batches."""
     max_abs: dict[str, float] = {n.name: 0.0 for n in graph.nodes}
+
+    def track(name: str, value: np.ndarray) -> None:  # max|v| without an |v| temporary
+        if value.size:
+            max_abs[name] = max(max_abs[name], abs(float(value.min())), abs(float(value.max())))
+
     for batch in batches:
-        outputs = execute_float(graph, batch, dtype=np.float32, return_all=True)
-        for name, value in outputs.items():
-            if value.size:
-                max_abs[name] = max(max_abs[name], float(np.max(np.abs(value))))
+        execute_float(graph, batch, dtype=np.float32, each=track)  # tensors freed as soon as they are used
     return max_abs
 
 

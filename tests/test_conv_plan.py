@@ -1,0 +1,51 @@
+"""The cached weight plan of tersim.kernels.conv: dropping the folded weights once packed changes no result."""
+import numpy as np
+import pytest
+
+from tersim.kernels import conv, simd
+from tersim.kernels.reference_torch import conv2d_int as conv_ref
+
+ARGS = dict(group_size=4, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, acc_bits=32, saturate=True,
+            shift=6, out_lo=-128, out_hi=127)
+
+
+def _layer(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, (2, 40, 9, 7)).astype(np.int32)
+    codes = rng.integers(-1, 2, (64, 40, 3, 3)).astype(np.int8)
+    alpha = rng.integers(0, 256, (64, 3, 3, 10)).astype(np.int32)
+    bias = rng.integers(-5000, 5000, 64).astype(np.int64)
+    return x, codes, alpha, bias
+
+
+@pytest.mark.skipif(not simd.HAVE_VNNI, reason="the packed-only plan exists on the VNNI path")
+@pytest.mark.parametrize("strategy", ["dot", "grid"])
+def test_folded_weights_rederived_after_packing(monkeypatch, strategy):
+    x, codes, alpha, bias = _layer(1)
+    conv._plan_cache.clear()
+    y, ev = conv.conv2d_int(x, codes, alpha, bias, **ARGS)             # simd: packs, drops weff
+    plan = next(iter(conv._plan_cache.values()))
+    assert "weff" not in plan and "wp" in plan
+    monkeypatch.setattr(conv, "STRATEGY", strategy)                     # needs weff again
+    y2, ev2 = conv.conv2d_int(x, codes, alpha, bias, **ARGS)
+    ref, ev_ref = conv_ref(x, codes, alpha, bias, **ARGS)
+    np.testing.assert_array_equal(y, np.asarray(ref))
+    np.testing.assert_array_equal(y2, np.asarray(ref))
+    assert ev == ev2 == int(ev_ref)
+    x_big = x * 300                                                     # |x| >= 2**15: the grid takes fast channels
+    monkeypatch.setattr(conv, "STRATEGY", "auto")
+    y3, ev3 = conv.conv2d_int(x_big, codes, alpha, bias, **ARGS)
+    ref3, ev_ref3 = conv_ref(x_big, codes, alpha, bias, **ARGS)
+    np.testing.assert_array_equal(y3, np.asarray(ref3))
+    assert ev3 == int(ev_ref3)
+
+
+@pytest.mark.skipif(not simd.HAVE_VNNI, reason="the packed-only plan exists on the VNNI path")
+def test_weights_changed_in_place_are_refused():
+    x, codes, alpha, bias = _layer(2)
+    conv._plan_cache.clear()
+    conv.conv2d_int(x, codes, alpha, bias, **ARGS)
+    plan = next(iter(conv._plan_cache.values()))
+    codes[0, 0, 0, 0] = -codes[0, 0, 0, 0] or 1
+    with pytest.raises(RuntimeError, match="in place"):
+        conv._folded_weights(plan)
