@@ -108,9 +108,28 @@ def run(
     integer kernels, cycles against the analytic model); "analytic" only evaluates the closed forms.
     """
     options = RunOptions.of(options, **changes)
-    p = prepare(hw, model, options)
-    hw, graph, x, y, qgraph = p.hw, p.graph, p.x, p.y, p.qgraph
+    e = evaluate(hw, model, options, progress=progress)
+    simulated = _simulate(e.graph, e.qgraph, e.hw, e.x) if options.timing == "engine" else None
+    return tabulate(e.graph, e.qgraph, e.hw, samples=len(e.x), labelled=e.y is not None, overflow=e.overflow,
+                    metrics=e.metrics, simulated=simulated)
 
+
+@dataclass
+class Evaluated(Prepared):
+    """`prepare` plus the bit-exact execution of every input: overflow events per layer, deviation metrics."""
+
+    overflow: dict[str, int]
+    metrics: dict[str, float]
+
+
+def evaluate(hw: Accelerator | str | Path, model: Graph | str | Path, options: RunOptions | None = None, *,
+             progress: bool = False, **changes) -> Evaluated:
+    """Quantize and execute every input (integer engine and float reference): everything a report needs that
+    does not depend on the array, so sweep points that differ only in hardware share it. `options`/keywords
+    as for `run` (`timing` is not used here)."""
+    options = RunOptions.of(options, **changes)
+    p = prepare(hw, model, options)
+    graph, x, y, qgraph = p.graph, p.x, p.y, p.qgraph
     reference, quantized, overflow = [], [], {}
     batch_size = options.batch_size
     batches = _batches(x, batch_size)
@@ -125,9 +144,7 @@ def run(
         for name, events in result.overflow_events.items():
             overflow[name] = overflow.get(name, 0) + events
     metrics = deviation(np.concatenate(reference), np.concatenate(quantized), y)
-    simulated = _simulate(graph, qgraph, hw, x) if options.timing == "engine" else None
-    return tabulate(graph, qgraph, hw, samples=len(x), labelled=y is not None, overflow=overflow, metrics=metrics,
-                    simulated=simulated)
+    return Evaluated(p.hw, graph, x, y, qgraph, overflow, metrics)
 
 
 def _simulate(graph: Graph, qgraph: QuantizedGraph, hw: Accelerator, x: np.ndarray) -> dict[str, LayerSimulation]:
@@ -146,10 +163,12 @@ def tabulate(
     overflow: dict[str, int] | None = None,
     metrics: dict[str, float] | None = None,
     simulated: dict[str, LayerSimulation] | None = None,
+    shapes: dict[str, LayerShape] | None = None,
 ) -> RunResult:
     """Report rows from a quantized graph: op counts, weight stats and analytic timing need no execution,
     so `run` (with the engine's overflow counts and deviation metrics) and timing-only sweeps share them.
-    `simulated`: cycle-stepped timings by layer name (the `timing` column says which source each row used)."""
+    `simulated`: cycle-stepped timings by layer name (the `timing` column says which source each row used).
+    `shapes`: layer_shape of the layers by name, when the caller tabulates one qgraph on many hardware points."""
     overflow, metrics = overflow or {}, metrics or {}
     rows, tern_timings, base_timings = [], [], []
     for layer in qgraph.layers.values():
@@ -157,7 +176,7 @@ def tabulate(
             continue
         sim = (simulated or {}).get(layer.node.name)
         if sim is None:
-            shape = layer_shape(graph, layer)
+            shape = (shapes or {}).get(layer.node.name) or layer_shape(graph, layer)
             sim = LayerSimulation(layer_timing(shape, hw), baseline_layer_timing(shape, hw), "analytic")
         tern, base = sim.ternary, sim.baseline
         tern_timings.append(tern)

@@ -225,3 +225,54 @@ def test_export_zoo_writes_a_loadable_archive(tmp_path, capsys):
     assert graph.input_shape == (3, 32, 32) and len(graph.weighted()) == 21
     assert main(["export-zoo", "resnet9000", "-o", str(tmp_path / "x.pt2")]) == 2
     assert "resnet9000" in capsys.readouterr().err
+
+
+REUSE = {"array.rows": [8, 16], "array.dataflow": ["weight_stationary", "output_stationary"],
+         "accumulator.bits": [32, 16]}
+
+
+def _alone(graph, data, overrides_combo, n, bits, **kw):
+    """One point computed by itself: a one-point sweep on the already overridden hardware."""
+    from tersim.config import load_accelerator
+
+    hw = load_accelerator(HW).with_overrides(dict(overrides_combo))
+    return sweeps.run_sweep(hw, graph, [n], [bits], data=data, **kw)
+
+
+@pytest.mark.parametrize("timing_only", [True, False])
+def test_points_sharing_quantization_equal_points_computed_alone(graph, data, timing_only, monkeypatch):
+    import tersim.pipeline
+    import tersim.quantize.graph as qg
+
+    kw = dict(timing_only=True) if timing_only else dict(limit=LIMIT)
+    calls = {"weights": 0, "evaluate": 0}
+    real_weights, real_evaluate = qg.quantize_weights, tersim.pipeline.evaluate
+
+    def counted_weights(*a, **k):
+        calls["weights"] += 1
+        return real_weights(*a, **k)
+
+    def counted_evaluate(*a, **k):
+        calls["evaluate"] += 1
+        return real_evaluate(*a, **k)
+
+    monkeypatch.setattr(qg, "quantize_weights", counted_weights)
+    monkeypatch.setattr(tersim.pipeline, "evaluate", counted_evaluate)
+    swept = sweeps.run_sweep(HW, graph, [1, 4], [8, 4], overrides=REUSE, data=data, **kw)
+    if timing_only:   # once per N; the 8 hardware points x 2 act_bits of an N share it
+        assert calls["weights"] == 2
+    else:             # once per (N, act_bits, accumulator): the array points share the execution
+        assert calls["evaluate"] == 2 * 2 * 2
+    assert len(swept.points) == 2 * 2 * 2 * 2 * 2
+    monkeypatch.undo()
+    keys = ["array.rows", "array.dataflow", "accumulator.bits", "group_size", "act_bits"]
+    for _, row in swept.points.iterrows():
+        combo = [(k, row[k]) for k in REUSE]
+        alone = _alone(graph, data, combo, int(row.group_size), int(row.act_bits), **kw)
+        expected = alone.points.iloc[0]
+        got = row.drop(labels=[k for k in REUSE])
+        pd.testing.assert_series_equal(got, expected, check_names=False)
+        layers = swept.layers
+        mask = np.logical_and.reduce([layers[k] == row[k] for k in keys])
+        pd.testing.assert_frame_equal(layers[mask].drop(columns=list(REUSE)).reset_index(drop=True),
+                                      alone.layers.reset_index(drop=True))

@@ -91,7 +91,7 @@ def _collect(tasks: list[Task], graph: Graph, data, cache: PointCache, progress:
     """Serve cached points, compute the rest with the chosen executor, cache each as it finishes."""
     from tqdm import tqdm
 
-    all_points = [p for t in tasks for p in t.points]
+    all_points = sorted((p for t in tasks for p in t.points), key=lambda p: p.order)
     done = {p.key: r for p in all_points if (r := cache.get(p.key)) is not None}
     cached = len(done)
     todo = [Task(rest, t.timing_only) for t in tasks if (rest := tuple(p for p in t.points if p.key not in done))]

@@ -12,36 +12,70 @@ from tersim.errors import TersimError, one_line
 from tersim.frontend import Graph
 from tersim.report.optional import require
 from tersim.sweeps.cache import PointResult, native
-from tersim.sweeps.plan import Point, Task
+from tersim.sweeps.plan import Point, Task, quantization_key
 
 
 def evaluate_task(graph: Graph, data: tuple[np.ndarray, np.ndarray | None] | None,
                   task: Task) -> list[tuple[str, PointResult]]:
-    """Compute the points of `task` (they share N and the hardware overrides): each is `pipeline.run`."""
-    if task.timing_only:
-        results = _timing_only(graph, task.points)
-    else:
-        from tersim.pipeline import run
-
-        results = [run(p.hw, graph, p.options.replace(data=data)) for p in task.points]
+    """Compute the points of `task` (they share their quantization, `plan.quantization_key`): each result
+    equals `pipeline.run` of the point alone."""
+    results = _timing_only(graph, task.points) if task.timing_only else _executed(graph, data, task.points)
     return [(p.key, PointResult(_plain(r.summary.iloc[0].to_dict()), r.layers))
             for p, r in zip(task.points, results)]
 
 
+def _layer_shapes(graph: Graph, qgraph) -> dict:
+    from tersim.pipeline import layer_shape
+
+    return {name: layer_shape(graph, layer) for name, layer in qgraph.layers.items() if layer.weight_kind}
+
+
+def _executed(graph: Graph, data, points: Sequence[Point]) -> list:
+    """`pipeline.run` of every point: quantization and execution once per quantization key, the analytic
+    timing and report rows per point (sweeps never step the cycle engine per point: the engine's timing
+    rows need the point's own run)."""
+    from tersim.pipeline import evaluate, run, tabulate
+
+    shared: dict[str, tuple] = {}
+    results = []
+    for p in points:
+        options = p.options.replace(data=data)
+        if options.timing != "analytic":
+            results.append(run(p.hw, graph, options))
+            continue
+        key = quantization_key(options.apply(p.hw))
+        if key not in shared:
+            e = evaluate(p.hw, graph, options)
+            shared[key] = (e, _layer_shapes(graph, e.qgraph))
+        e, shapes = shared[key]
+        hw = options.apply(p.hw)
+        results.append(tabulate(graph, e.qgraph, hw, samples=len(e.x), labelled=e.y is not None,
+                                overflow=e.overflow, metrics=e.metrics, shapes=shapes))
+    return results
+
+
 def _timing_only(graph: Graph, points: Sequence[Point]) -> list:
-    """Quantization stats and analytic timing without executing the network: weights are ternarized once
-    for all act_bits; activation formats come from one synthetic sample (timing does not depend on them)."""
+    """Quantization stats and analytic timing without executing the network: weights are ternarized once per
+    N (and alpha width, quantization options), the quantized graph built once per quantization key;
+    activation formats come from one synthetic sample (timing does not depend on them)."""
     from tersim.data import synthetic_inputs
     from tersim.pipeline import tabulate
     from tersim.quantize.graph import quantize_graph, quantize_weights
 
-    weights = quantize_weights(graph, points[0].options.apply(points[0].hw))
     calibration = [synthetic_inputs(graph.input_shape, 1)]
+    weights: dict[str, dict] = {}
+    quantized: dict[str, tuple] = {}
     results = []
     for p in points:
         hw = p.options.apply(p.hw)
-        results.append(tabulate(graph, quantize_graph(graph, calibration, hw, weights=weights), hw,
-                                samples=0, labelled=False))
+        wkey, qkey = quantization_key(hw, with_act_bits=False), quantization_key(hw)
+        if wkey not in weights:
+            weights[wkey] = quantize_weights(graph, hw)
+        if qkey not in quantized:
+            qgraph = quantize_graph(graph, calibration, hw, weights=weights[wkey])
+            quantized[qkey] = (qgraph, _layer_shapes(graph, qgraph))
+        qgraph, shapes = quantized[qkey]
+        results.append(tabulate(graph, qgraph, hw, samples=0, labelled=False, shapes=shapes))
     return results
 
 

@@ -67,16 +67,30 @@ class Point:
     hw: Accelerator          # the config with the point's overrides, before `options` are folded in
     options: RunOptions      # the run's options with this point's group size and activation bits
     key: str
+    order: int = 0           # position in the sweep (rows come out in this order whatever the tasks' grouping)
 
 
 @dataclass(frozen=True)
 
 
 class Task:
-    """A unit of work for one worker: points sharing N and overrides (timing-only ternarizes them once)."""
+    """A unit of work for one worker: points that share their quantization (see `quantization_key`), so the
+    ternarized weights (and, with data, the execution) are computed once and only the timing per point."""
 
     points: tuple[Point, ...]
     timing_only: bool = False
+
+
+def quantization_key(hw: Accelerator, with_act_bits: bool = True) -> str:
+    """Every hardware field (options folded in) the quantized graph and its execution depend on: N, alpha
+    width, the quantization options (method, first_last, ...) and, unless `with_act_bits` is False, the
+    activation width and the accumulator. Points equal here differ only in what the timing model sees
+    (array, memory, PE costs) and share all numerics."""
+    fields = {"group_size": hw.group_scaling.group_size, "scale_bits": hw.group_scaling.scale_bits,
+              "quantization": hw.quantization.model_dump(mode="json")}
+    if with_act_bits:
+        fields.update(act_bits=hw.pe.act_bits, accumulator=hw.accumulator.model_dump(mode="json"))
+    return json.dumps(fields, sort_keys=True)
 
 
 # --- content hashes ---------------------------------------------------------------------------------------
@@ -118,15 +132,18 @@ def point_key(graph_hash: str, data_hash: str | None, hw: Accelerator, options: 
 
 def plan_tasks(hw_points: list[tuple[Combo, Accelerator]], group_sizes: Sequence[int], act_bits: Sequence[int],
                options: RunOptions, graph_hash: str, data_hash: str | None, timing_only: bool) -> list[Task]:
-    """Every (hardware point, N, act_bits) point with its cache key, grouped into units of work: in timing-only
-    mode the act_bits points of one (hardware point, N) share their ternarized weights, so they are one task."""
-    tasks: list[Task] = []
+    """Every (hardware point, N, act_bits) point with its cache key, grouped into units of work by the work
+    they share: executed, the points of one `quantization_key` (one quantization and execution, the timing per
+    point); timing-only, those of one key without act_bits (weights ternarized once, the graph once per key)."""
+    shared: dict[str, list[Point]] = {}  # points by the work they share (one task each), in sweep order
+    order = 0
     for combo, hw_combo in hw_points:
         for n in group_sizes:
-            points = []
             for bits in act_bits:
                 point_options = options.replace(group_size=n, act_bits=bits, data=None)
-                key = point_key(graph_hash, data_hash, point_options.apply(hw_combo), point_options, timing_only)
-                points.append(Point(n, bits, combo, hw_combo, point_options, key))
-            tasks += [Task(tuple(points), True)] if timing_only else [Task((p,)) for p in points]
-    return tasks
+                hw_point = point_options.apply(hw_combo)
+                key = point_key(graph_hash, data_hash, hw_point, point_options, timing_only)
+                shared.setdefault(quantization_key(hw_point, with_act_bits=not timing_only), []).append(
+                    Point(n, bits, combo, hw_combo, point_options, key, order))
+                order += 1
+    return [Task(tuple(points), timing_only) for points in shared.values()]

@@ -220,6 +220,22 @@ def group_scale(shape: LayerShape, hw: Accelerator, t_tile: int, classes: list[F
     rows, cols, df = hw.array.rows, hw.array.cols, Dataflow.of(hw.array.dataflow)
     placement, multipliers = hw.group_scaling.placement, hw.group_scaling.multipliers
     sr, _, t = gemm_dims(shape.gemm_k, shape.gemm_n, shape.gemm_p, df)
+    # A network repeats layer shapes (and a sweep repeats them per point): the result is a function of these.
+    key = (rows, cols, df, placement, multipliers, sr, t, t_tile,
+           tuple((fc.ends.dtype.str, fc.ends.tobytes(), fc.k, fc.cols_used, fc.count) for fc in classes))
+    if key not in _GROUP_SCALE_MEMO:
+        if len(_GROUP_SCALE_MEMO) >= GROUP_SCALE_MEMO_SIZE:
+            _GROUP_SCALE_MEMO.clear()
+        _GROUP_SCALE_MEMO[key] = _group_scale(rows, cols, df, placement, multipliers, sr, t, t_tile, classes)
+    return _GROUP_SCALE_MEMO[key]
+
+
+GROUP_SCALE_MEMO_SIZE = 4096
+_GROUP_SCALE_MEMO: dict[tuple, tuple[int, int]] = {}
+
+
+def _group_scale(rows: int, cols: int, df: Dataflow, placement: str, multipliers: int, sr: int, t: int,
+                 t_tile: int, classes: list[FoldClass]) -> tuple[int, int]:
     outputs_per_column = sr if df is Dataflow.OS else t          # os: pixels on rows; ws/is: the streamed dimension
     mults = sum(fc.ends.size * fc.cols_used * outputs_per_column * fc.count for fc in classes)
     if placement == "per_pe":
