@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,10 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tersim.config import Accelerator, load_accelerator  # noqa: E402
-from tersim.engine.execute import execute  # noqa: E402
-from tersim.frontend import lower_module  # noqa: E402
-from tersim.models.zoo import ZOO, build  # noqa: E402
-from tersim.quantize.graph import quantize_graph, quantize_weights  # noqa: E402
+from tersim.quantize.graph import quantize_weights  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from functional_vs_torch import _median_seconds as interleaved_medians  # noqa: E402  (calls interleaved, medians)
+from functional_vs_torch import bench as exec_bench  # noqa: E402
 
 SWEEP_N = [1, 4, 16]
 SWEEP_HW = {"array.rows": [8, 16, 32], "array.cols": [8, 16, 32],
@@ -46,31 +46,12 @@ SWEEP_HW = {"array.rows": [8, 16, 32], "array.cols": [8, 16, 32],
 ROWS = ("exec", "fgq", "run", "sweep")
 
 
-def interleaved_medians(fns: list, repeats: int) -> list[float]:
-    """Median seconds of each function, calls interleaved so load on a shared machine hits all alike."""
-    for fn in fns:
-        fn()  # warm-up: Numba compilation, caches, torch allocator
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, t in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            t.append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
-
-
-def exec_row(name: str, batch: int, repeats: int) -> tuple[str, str, str, float]:
-    model, shape = build(name), ZOO[name].input_shape
-    torch.manual_seed(0)
-    x = torch.randn(batch, *shape)
-    graph = lower_module(model, torch.randn(2, *shape), name)
-    qgraph = quantize_graph(graph, [x.numpy()], Accelerator(), group_size=4, act_bits=8)
-    xn = x.numpy()
-    with torch.no_grad():
-        t_torch, t_int = interleaved_medians([lambda: model(x), lambda: execute(qgraph, xn, keep_all=False)], repeats)
-    ratio = t_torch / t_int
+def exec_row(name: str, batch: int, repeats: int) -> tuple:
+    r = exec_bench(name, repeats, batch)
+    ratio = r["ratio_torch_over_tersim"]
     return (f"{name} integer exec vs torch FP32, batch {batch}",
-            f"{ratio:.2f}x (torch {1e3 * t_torch:.1f} ms, tersim {1e3 * t_int:.1f} ms)", ">= 1.5x", ratio >= 1.5)
+            f"{ratio:.2f}x (torch {r['torch_fp32_ms']:.1f} ms, tersim {r['tersim_int_ms']:.1f} ms)", ">= 1.5x",
+            ratio >= 1.5)
 
 
 def fgq_row(repeats: int) -> tuple:

@@ -3,8 +3,11 @@
     points = run_sweep(hw, model, [1, 4, 64], [8, 4], overrides={"array.rows": [8, 16]}).points
 
 Every point is `pipeline.run` (or, in timing-only mode, quantization + analytic timing without executing the
-network) on the hardware config with that point's overrides. Points are cached by content hash as they
-finish, so a re-run (or a run after Ctrl-C) only computes what is missing. Points run serially by default,
+network) on the hardware config with that point's overrides. Points that share their quantization (N, alpha
+width, accumulator, quantization options, act_bits: `plan.quantization_key`) share the work too: the weights
+are ternarized once per N, the quantized graph (and, with data, the execution and accuracy) built once per key,
+and only the analytic timing and report rows are per point, with the same results as each point alone. Points
+are cached by content hash as they finish, so a re-run (or a run after Ctrl-C) only computes what is missing. Points run serially by default,
 on a local process pool (`jobs`), or on dask.distributed (`workers` for a LocalCluster, `dask` for a
 scheduler address or Client); the lowered Graph is shipped to the workers once.
 
