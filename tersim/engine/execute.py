@@ -97,7 +97,7 @@ def execute(qgraph: QuantizedGraph, x: np.ndarray, backend: ModuleType | None = 
             y = _run_node(k, layer, ins, [qgraph.layers[i] for i in node.inputs])
         values[node.name] = np.asarray(y, dtype=np.int32)
         if not keep_all:  # free tensors nobody needs any more
-            for i in node.inputs:
+            for i in set(node.inputs):  # add(x, x) uses x once
                 remaining_uses[i] -= 1
                 if remaining_uses[i] == 0 and i != graph.output:
                     del values[i]

@@ -101,7 +101,7 @@ def execute_float(graph: Graph, x: np.ndarray, dtype=np.float64, return_all: boo
             if each is not None:
                 each(node.name, values[node.name].numpy())
             if not return_all:
-                for i in node.inputs:
+                for i in set(node.inputs):  # add(x, x) uses x once
                     remaining_uses[i] -= 1
                     if remaining_uses[i] == 0 and i != graph.output:
                         del values[i]
