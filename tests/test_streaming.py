@@ -36,7 +36,7 @@ def test_tensor_used_twice_by_one_node_and_again_later():
         np.testing.assert_array_equal(seen[name], every[name])
     expected = {name: max(float(np.max(np.abs(v))), 0.0) for name, v in every.items()}
     assert calibrate_max_abs(graph, [x]) == expected
-    qgraph = quantize_graph(graph, [x], Accelerator(), group_size=2)
+    qgraph = quantize_graph(graph, [x], Accelerator().with_overrides({"group_scaling.group_size": 2}))
     kept = execute(qgraph, x, keep_all=True)
     streamed = execute(qgraph, x, keep_all=False)
     np.testing.assert_array_equal(streamed.output(qgraph), kept.output(qgraph))
