@@ -75,6 +75,50 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
+def fit(model: nn.Module, Xtr: torch.Tensor, Ytr: torch.Tensor, Xte: torch.Tensor, Yte: torch.Tensor, epochs: int,
+        batch_size: int, lr: float) -> None:
+    """Adam + one-cycle schedule, seeded shuffles; prints the test accuracy every 10 epochs; leaves model in eval."""
+    n_train = len(Xtr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps_per_epoch = (n_train + batch_size - 1) // batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(SEED)
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(n_train, generator=gen)
+        total = 0.0
+        for i in range(0, n_train, batch_size):
+            idx = perm[i : i + batch_size]
+            opt.zero_grad()
+            loss = loss_fn(model(Xtr[idx]), Ytr[idx])
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        if (epoch + 1) % 10 == 0 or epoch == epochs - 1:
+            model.eval()
+            print(f"epoch {epoch + 1:3d}  loss {total / n_train:.4f}  test acc {accuracy(model, Xte, Yte):.4f}", flush=True)
+    model.eval()
+
+
+def export_checked(model: nn.Module, Xte: torch.Tensor) -> torch.export.ExportedProgram:
+    """torch.export with a dynamic batch dimension, checked against the eager model."""
+    # A (1, 1, 8, 8) example cannot carry a dynamic batch dim: export specialises size-1 dims
+    # ("marked batch as dynamic but your code specialized it to be a constant (1)"), and a static
+    # export rejects any other batch size (guard x.size()[0] == 1). So trace with a batch of 2
+    # and declare the batch dim dynamic with min=1: the archive then runs batches of 1, 2, ... n.
+    example = Xte[:2].clone()
+    batch = torch.export.Dim("batch", min=1)
+    ep = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    # The archive must reproduce the eager model (batch 1 and the full test batch) before it is written.
+    with torch.no_grad():
+        diff = max((ep.module()(x) - model(x)).abs().max().item() for x in (Xte[:1], Xte))
+    if diff > 1e-5:
+        raise SystemExit(f"exported program differs from the eager model by {diff}")
+    return ep
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "examples")
@@ -97,42 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     Xte, Yte = torch.from_numpy(xte), torch.from_numpy(yte)
 
     model = DigitsResNet()
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    steps_per_epoch = (N_TRAIN + args.batch_size - 1) // args.batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
-    loss_fn = nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(SEED)
-    for epoch in range(args.epochs):
-        model.train()
-        perm = torch.randperm(N_TRAIN, generator=gen)
-        total = 0.0
-        for i in range(0, N_TRAIN, args.batch_size):
-            idx = perm[i : i + args.batch_size]
-            opt.zero_grad()
-            loss = loss_fn(model(Xtr[idx]), Ytr[idx])
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        if (epoch + 1) % 10 == 0 or epoch == args.epochs - 1:
-            model.eval()
-            print(f"epoch {epoch + 1:3d}  loss {total / N_TRAIN:.4f}  test acc {accuracy(model, Xte, Yte):.4f}", flush=True)
-
-    model.eval()
+    fit(model, Xtr, Ytr, Xte, Yte, args.epochs, args.batch_size, args.lr)
     train_acc, test_acc = accuracy(model, Xtr, Ytr), accuracy(model, Xte, Yte)
-
-    # A (1, 1, 8, 8) example cannot carry a dynamic batch dim: export specialises size-1 dims
-    # ("marked batch as dynamic but your code specialized it to be a constant (1)"), and a static
-    # export rejects any other batch size (guard x.size()[0] == 1). So trace with a batch of 2
-    # and declare the batch dim dynamic with min=1: the archive then runs batches of 1, 2, ... n.
-    example = Xte[:2].clone()
-    batch = torch.export.Dim("batch", min=1)
-    ep = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-    # The archive must reproduce the eager model (batch 1 and the full test batch) before it is written.
-    with torch.no_grad():
-        diff = max((ep.module()(x) - model(x)).abs().max().item() for x in (Xte[:1], Xte))
-    if diff > 1e-5:
-        raise SystemExit(f"exported program differs from the eager model by {diff}")
+    ep = export_checked(model, Xte)
 
     out: Path = args.out
     _atomic_write(out / "digits_resnet.pt2", lambda f: torch.export.save(ep, f))

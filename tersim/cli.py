@@ -37,6 +37,8 @@ def _add_model_args(p: argparse.ArgumentParser, sweep_axes: tuple[str, ...] = ()
     p.add_argument("hw", help="hardware config YAML (see hw_configs/)")
     p.add_argument("model", help="model file: torch.export archive (.pt2), TorchScript, or pickle with --trust-pickle")
     p.add_argument("--data", help="labelled data: .npz or .pt with 'x' (preprocessed inputs) and 'y' (labels)")
+    p.add_argument("--calib", help="unlabelled calibration data for --correction bn_reestimate (.npz/.pt with 'x'), "
+                                   "separate from --data")
     add_hardware_flags(p, skip=sweep_axes)
     p.add_argument("--limit", type=positive_int, help="evaluate at most this many samples")
     p.add_argument("--input-shape", type=input_shape_arg, help="C,H,W for TorchScript/pickled models")
@@ -47,7 +49,7 @@ def _add_model_args(p: argparse.ArgumentParser, sweep_axes: tuple[str, ...] = ()
 def run_options(args: argparse.Namespace) -> RunOptions:
     """The RunOptions of a parsed run/verify/sweep command line."""
     fields = {name: getattr(args, name) for name in ("batch_size", "timing") if hasattr(args, name)}
-    return RunOptions.of(data=args.data, limit=args.limit, input_shape=args.input_shape,
+    return RunOptions.of(data=args.data, calib=args.calib, limit=args.limit, input_shape=args.input_shape,
                          trust_pickle=args.trust_pickle, **hardware_args(args), **fields)
 
 

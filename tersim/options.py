@@ -53,14 +53,25 @@ class RunOptions(BaseModel):
     group_size: int | None = hardware_option("group_scaling.group_size", "--group-size", "-N", ge=1,
                                              help="FGQ group size N")
     act_bits: Literal[8, 4] | None = hardware_option("pe.act_bits", "--act-bits", help="activation bits")
-    method: Literal["exact", "twn", "twn_asym"] | None = hardware_option(
+    method: Literal["exact", "twn"] | None = hardware_option(
         "quantization.method", "--method", help="ternarization method")
     first_last: Literal["int8", "ternary"] | None = hardware_option(
         "quantization.first_last", "--first-last", help="first/last layer weights")
+    # FGQ variants (sweep them with --set quantization.X=...)
+    group_layout: Literal["channel", "kernel"] | None = hardware_option(
+        "quantization.group_layout", "--group-layout",
+        help="which weights share alpha: channel (the paper) or kernel")
+    scales: Literal["one", "two"] | None = hardware_option(
+        "quantization.scales", "--scales", help="alphas per group: one, or two (alpha+/alpha-)")
+    correction: Literal["none", "bn_reestimate", "bias_correction", "equalize_bias_correction"] | None = \
+        hardware_option("quantization.correction", "--correction",
+                        help="accuracy recovery without training, folded into weights/biases")
 
     # --- what to evaluate and how ---
     data: Data = Field(None, description="labelled data file (.npz/.pt with x, y) or an (x, y) pair; "
                                          "None: synthetic inputs, no accuracy")
+    calib: Data = Field(None, description="unlabelled calibration data for correction bn_reestimate (a .npz/.pt "
+                                          "file with x, or an (x, y) pair); must differ from `data`")
     limit: int | None = Field(None, ge=1, description="evaluate at most this many samples")
     batch_size: int = Field(64, ge=1, description="samples per execution batch")
     timing: Timing = Field("engine", description="engine: step the first sample through the cycle-level array; "
@@ -99,7 +110,7 @@ class RunOptions(BaseModel):
 
     def settings(self) -> dict[str, object]:
         """The run options (not hardware, not data) as plain values, e.g. for a cache key."""
-        return {k: v for k, v in dict(self).items() if k not in HARDWARE_FIELDS and k != "data"}
+        return {k: v for k, v in dict(self).items() if k not in HARDWARE_FIELDS and k not in ("data", "calib")}
 
 
 def _hardware_options() -> tuple[HardwareOption, ...]:

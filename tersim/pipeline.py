@@ -16,13 +16,14 @@ from tersim.data import load_inputs, model_classes, synthetic_inputs
 from tersim.engine.counts import layer_counts
 from tersim.engine.checks import LayerSimulation, simulate_checked
 from tersim.engine.execute import dequantize_output, execute
+from tersim.errors import DataError
 from tersim.frontend import Graph, execute_float, import_model
 from tersim.options import RunOptions
 from tersim.quantize.graph import QuantizedGraph, QuantizedLayer, calibration_batches, quantize_graph
 from tersim.report.metrics import deviation
 from tersim.timing.analytic import baseline_layer_timing, layer_timing
 from tersim.timing.shapes import LayerShape
-from tersim.timing.summary import model_summary
+from tersim.timing.summary import model_summary, projected_speedup_at_eliminated
 
 BASELINE_ENERGY = ("energy_pj_compute", "energy_pj_sram", "energy_pj_dram", "energy_pj_total")
 SYNTHETIC_SAMPLES = 16
@@ -53,7 +54,8 @@ def layer_shape(graph: Graph, layer: QuantizedLayer) -> LayerShape:
         name=node.name, batch=1, in_channels=cin, in_h=h, in_w=w, out_channels=cout, out_h=oh, out_w=ow,
         kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, groups=groups, weight_kind=layer.weight_kind,
         group_size=layer.group_size, zero_fraction=layer.stats["sparsity"],
-        nonzero=LayerShape.nonzero_of(layer.codes),
+        nonzero=LayerShape.nonzero_of(layer.codes, layer.group_layout), group_layout=layer.group_layout,
+        scales=layer.scales,
     )
 
 
@@ -76,7 +78,10 @@ class Prepared:
 def prepare(hw: Accelerator | str | Path, model: Graph | str | Path, options: RunOptions | None = None,
             **changes) -> Prepared:
     """Load the hardware (with the options folded in), the model and the data, calibrate on the first batches
-    and quantize. `options`/keywords as for `run`."""
+    and quantize. `options`/keywords as for `run`.
+
+    `options.calib`: unlabelled calibration data for `quantization.correction: bn_reestimate` (a file or an
+    (x, y) pair); it must differ from the evaluation data (see `calibration_inputs`)."""
     options = RunOptions.of(options, **changes)
     if not isinstance(hw, Accelerator):
         hw = load_accelerator(hw)
@@ -89,7 +94,31 @@ def prepare(hw: Accelerator | str | Path, model: Graph | str | Path, options: Ru
         x, y = load_inputs(options.data, graph.input_shape, model_classes(graph))
     if options.limit is not None:
         x, y = x[:options.limit], (y[:options.limit] if y is not None else None)
-    return Prepared(hw, graph, x, y, quantize_graph(graph, calibration_batches(x, hw), hw))
+    calib_x, split = calibration_inputs(hw, graph, options.calib, x, options.data)
+    qgraph = quantize_graph(graph, calibration_batches(x, hw), hw, calib=calib_x, calibration_split=split)
+    return Prepared(hw, graph, x, y, qgraph)
+
+
+def calibration_inputs(hw: Accelerator, graph: Graph, calib, x_eval: np.ndarray,
+                       data) -> tuple[np.ndarray | None, str | None]:
+    """The inputs bn_reestimate re-estimates BN statistics on, and the name of their split for the report.
+
+    Refuses (DataError) to run without them, and to calibrate on the evaluation inputs themselves: the
+    reported accuracy would then be measured on the data the statistics were fitted to."""
+    if hw.quantization.correction != "bn_reestimate":
+        return None, None
+    if calib is None:
+        raise DataError("quantization.correction: bn_reestimate needs unlabelled calibration data (--calib FILE), "
+                        "separate from the evaluation data")
+    cx, _ = load_inputs(calib, graph.input_shape)
+    same_file = not isinstance(calib, tuple) and data is not None and not isinstance(data, tuple) and \
+        Path(calib).resolve() == Path(data).resolve()
+    if same_file or (cx.shape == x_eval.shape and np.array_equal(cx, x_eval)):
+        raise DataError("--calib: the calibration data is the evaluation data; bn_reestimate must be calibrated "
+                        "on a separate split (e.g. the training split)")
+    if len(cx) == 0:
+        raise DataError("--calib: the calibration data is empty")
+    return cx, (Path(calib).name if not isinstance(calib, tuple) else "in-memory calibration inputs")
 
 
 def run(
@@ -200,7 +229,9 @@ def tabulate(
     ternary = layers[layers.weights == "ternary"]
     summary = {
         "model": graph.name, "hw": hw.name, "group_size": qgraph.group_size, "act_bits": qgraph.act_bits,
-        "method": qgraph.method, "samples": samples, "labelled": labelled,
+        "method": qgraph.method, "group_layout": qgraph.group_layout, "scales": qgraph.scales,
+        "correction": qgraph.correction, "calibration_split": qgraph.calibration_split,
+        "samples": samples, "labelled": labelled,
         "macs": int(layers.macs.sum()), "mults": int(layers.mults.sum()),
         "mults_eliminated": 1 - layers.mults.sum() / layers.macs.sum(),
         "mults_eliminated_ternary_layers": (1 - ternary.mults.sum() / ternary.macs.sum()) if len(ternary) else 0.0,
@@ -209,4 +240,6 @@ def tabulate(
         "overflow_events": int(layers.overflow_events.sum()),
         **timing, **metrics,
     }
+    # the reconstructed projection at this model's own fraction of eliminated multiplications (all layers)
+    summary["projected_speedup_at_measured"] = projected_speedup_at_eliminated(summary["mults_eliminated"])
     return RunResult(layers=layers, summary=pd.DataFrame([summary]), qgraph=qgraph)

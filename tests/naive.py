@@ -52,15 +52,9 @@ def best_any_pattern(w):
     return best
 
 
-def twn_group(w, asym):
-    """Loop implementation of TWN (symmetric or asymmetric thresholds) for one group."""
-    if asym:
-        pos, neg = w[w > 0], -w[w < 0]
-        dp = 0.7 * pos.mean() if pos.size else 0.0
-        dn = 0.7 * neg.mean() if neg.size else 0.0
-        keep = (w > dp) | (w < -dn)
-    else:
-        keep = np.abs(w) > 0.7 * np.abs(w).mean()
+def twn_group(w):
+    """Loop implementation of TWN for one group."""
+    keep = np.abs(w) > 0.7 * np.abs(w).mean()
     alpha = np.abs(w[keep]).mean() if keep.any() else 0.0
     return np.sign(w) * keep, alpha
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tersim.config import Accelerator
-from tersim.engine.cycle_engine import baseline_gemm, conv2d_engine, im2col, linear_engine
+from tersim.engine.cycle_engine import baseline_gemm, conv2d_engine, im2col, linear_engine  # noqa: F401 (im2col re-exported)
 from tersim.errors import EngineError
 from tersim.kernels import conv2d_int, linear_int
 from tersim.timing.analytic import baseline_layer_timing, layer_timing, skip_plan, ternary_timing

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -105,3 +106,69 @@ def test_ops_are_supported_kinds(program):
     wide = [n for n in program.graph.nodes
             if n.target is torch.ops.aten.conv2d.default and n.args[1].meta["val"].shape[1] >= 64]
     assert len(wide) >= 3  # layers where FGQ groups of N=64 fit whole
+
+
+# --- the FGQ variants on the shipped model (issue: group layout, two scales, BN re-estimation) -------------
+VARIANT_TARGETS = [
+    ({"quantization.group_layout": "kernel"}, 0.97),
+    ({"quantization.scales": "two"}, 0.97),
+    ({"quantization.correction": "bn_reestimate"}, 0.99),
+]
+
+
+@pytest.mark.parametrize("overrides, floor", VARIANT_TARGETS)
+def test_fgq_variants_reach_their_accuracy_with_engine_timing_and_verify(overrides, floor):
+    from tersim.config import load_accelerator
+    from tersim.pipeline import run
+    from tersim.verify import verify
+
+    hw = load_accelerator(Path(__file__).resolve().parents[1] / "hw_configs" / "default.yaml").with_overrides(overrides)
+    # timing="engine" raises unless every layer's stepped output and cycles equal the kernels' and the model's
+    result = run(hw, MODEL, data=TEST, group_size=4, act_bits=8, calib=TRAIN, timing="engine")
+    s = result.summary.iloc[0]
+    assert s.samples == 500 and s.accuracy_quant >= floor
+    assert (result.layers.timing == "engine").all()
+    wide = result.layers[(result.layers.weights == "ternary") & (result.layers.macs > 0)]
+    expected = 0.5 if overrides.get("quantization.scales") == "two" else 0.75
+    for _, layer in wide[wide.out_shape.str.startswith("64x")].iterrows():
+        assert layer.mults_eliminated == pytest.approx(expected)
+    if "correction" in str(overrides):
+        assert s.calibration_split == TRAIN.name
+    assert verify(hw, MODEL, data=TEST, group_size=4, act_bits=8, calib=TRAIN, limit=16).bit_exact
+
+
+MOBILENET = EXAMPLES / "digits_mobilenet.pt2"
+
+
+def test_mobilenet_asset_is_small_accurate_and_mobilenet_style():
+    assert MOBILENET.is_file(), "run scripts/train_digits_mobilenet.py"
+    assert MOBILENET.stat().st_size < 1_000_000
+    from tersim.frontend import import_model
+
+    graph = import_model(MOBILENET)
+    convs = [n for n in graph.nodes if n.op == "conv2d"]
+    assert any(n.attrs["groups"] == n.weight.shape[0] > 1 for n in convs)        # depthwise
+    assert any(n.weight.shape[2:] == (1, 1) for n in convs)                        # pointwise
+    assert any(n.op == "clamp" and n.attrs["max"] == 6.0 for n in graph.nodes)     # ReLU6
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.load(MOBILENET)
+    with np.load(TEST) as f:
+        x, y = torch.from_numpy(f["x"]), torch.from_numpy(f["y"])
+    with torch.no_grad():
+        acc = (program.module()(x).argmax(1) == y).float().mean().item()
+    assert acc >= ACCURACY_FLOOR
+
+
+def test_mobilenet_runs_through_run_verify_and_sweep(tmp_path):
+    from tersim.cli import main
+
+    common = ["hw_configs/default.yaml", str(MOBILENET), "--data", str(TEST), "--limit", "16"]
+    assert main(["run", *common, "-N", "4", "--scales", "two", "--out", str(tmp_path)]) == 0   # engine timing
+    assert main(["verify", *common, "-N", "4", "--group-layout", "kernel"]) == 0
+    assert main(["sweep", *common, "--group-sizes", "4", "--act-bits", "8", "--set", "quantization.scales=one,two",
+                 "--out", str(tmp_path), "--no-cache"]) == 0
+    points = pd.read_csv(next(tmp_path.glob("*_sweep.csv")))
+    assert sorted(points["quantization.scales"]) == ["one", "two"]
+    assert (points.mults_eliminated[points["quantization.scales"] == "two"].iloc[0]
+            < points.mults_eliminated[points["quantization.scales"] == "one"].iloc[0])

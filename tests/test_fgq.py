@@ -21,7 +21,7 @@ from tersim.quantize.fgq import (
     weight_stats,
 )
 
-METHODS = ["exact", "twn", "twn_asym"]
+METHODS = ["exact", "twn"]
 FAST = settings(max_examples=60, deadline=None)
 
 
@@ -83,9 +83,8 @@ def test_exact_matches_loop_reference_and_beats_twn(n):
         assert alpha[o, ky, kx, g] == pytest.approx(ref_alpha, rel=1e-12)
         assert np.count_nonzero(codes[o, s, ky, kx]) == k
     err = per_group_errors(w, codes, alpha, n)
-    for method in ("twn", "twn_asym"):
-        other = per_group_errors(w, *ternarize(w, n, method), n)
-        assert np.all(err <= other + 1e-12)
+    other = per_group_errors(w, *ternarize(w, n, "twn"), n)
+    assert np.all(err <= other + 1e-12)
 
 
 def test_exact_ties_choose_smallest_k_and_keep_support_sign():
@@ -117,14 +116,13 @@ def test_exact_is_scale_invariant_in_float32(scale):
     torch.testing.assert_close(alpha_s / scale, alpha, rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("method", ["twn", "twn_asym"])
 @pytest.mark.parametrize("n", [1, 4, 5, 64])
-def test_twn_variants_match_loop_reference(method, n):
+def test_twn_matches_loop_reference(n):
     rng = np.random.default_rng(7)
     w = rng.standard_normal((3, 21, 3, 1)) + 0.3  # asymmetric distribution
-    codes, alpha = ternarize(w, n, method)
+    codes, alpha = ternarize(w, n, "twn")
     for o, ky, kx, g, s in iter_groups(w, n):
-        t, a = twn_group(w[o, s, ky, kx], asym=(method == "twn_asym"))
+        t, a = twn_group(w[o, s, ky, kx])
         np.testing.assert_array_equal(codes[o, s, ky, kx], t)
         assert alpha[o, ky, kx, g] == pytest.approx(a, rel=1e-12)
 

@@ -91,8 +91,10 @@ CASES = {
     "defaults": dict(group_size=4, act_bits=8),
     "act_bits_4": dict(group_size=4, act_bits=4),
     "method_twn_ternary_first_last": dict(group_size=16, act_bits=4, method="twn", first_last="ternary"),
-    "twn_asym_batch": dict(group_size=2, act_bits=8, method="twn_asym", batch_size=7),
+    "twn_batch": dict(group_size=2, act_bits=8, method="twn", batch_size=7),
     "engine_timing": dict(group_size=64, act_bits=4, timing="engine"),
+    "kernel_layout_two_scales": dict(group_size=4, act_bits=8, group_layout="kernel", scales="two"),
+    "bias_correction_engine": dict(group_size=4, act_bits=4, correction="bias_correction", timing="engine"),
 }
 
 

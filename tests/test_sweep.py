@@ -47,7 +47,7 @@ def test_one_row_per_point_with_key_and_result_columns(small, graph):
     assert set(points["array.rows"]) == {8, 16} and set(points.group_size) == {1, 4} and set(points.act_bits) == {8, 4}
     for column in ("accuracy_fp32", "accuracy_quant", "top1_agreement", "weight_rel_error", "weight_sparsity",
                    "mults_eliminated", "ternary_cycles", "ternary_latency_s", "ternary_energy_pj",
-                   "speedup_equal_pe", "speedup_equal_area", "paper_projection"):
+                   "speedup_equal_pe", "speedup_equal_area", "projected_speedup_formula"):
         assert points[column].notna().all(), column
     assert (points.samples == LIMIT).all() and (points.model == "digits_resnet").all()
     n_layers = len(graph.weighted())

@@ -11,7 +11,7 @@ from tersim.config import Accelerator
 from tersim.timing.analytic import baseline_layer_timing, layer_timing, mult_pj
 from tersim.timing.schedule import Dataflow, compute_cycles, gemm_dims, num_folds, queue_stall
 from tersim.timing.shapes import LayerShape
-from tersim.timing.summary import equal_area_array, model_summary, paper_projection
+from tersim.timing.summary import equal_area_array, model_summary, projected_speedup_formula
 
 DATAFLOWS = ["weight_stationary", "input_stationary", "output_stationary"]
 
@@ -385,7 +385,7 @@ def test_summary_fields_and_values():
     assert s["baseline_cycles"] == sum(t.total_cycles for t in base)
     assert s["ternary_latency_s"] == pytest.approx(s["ternary_cycles"] / 1e9)
     assert s["speedup_equal_pe"] == pytest.approx(s["baseline_latency_s"] / s["ternary_latency_s"])
-    assert s["paper_projection"] == pytest.approx(9.142857, rel=1e-5)
+    assert s["projected_speedup_formula"] == pytest.approx(9.142857, rel=1e-5)
     # FP32 PEs are much bigger than ternary ones: at equal area the baseline array is far smaller.
     rows, cols = map(int, s["equal_area_baseline_array"].split("x"))
     assert rows * cols < 256 and s["speedup_equal_area"] > s["speedup_equal_pe"]
@@ -395,9 +395,17 @@ def test_summary_fields_and_values():
 
 
 @pytest.mark.parametrize("n, expected", [(1, 4.0), (4, 9.142857), (64, 15.283582)])
-def test_paper_projection(n, expected):
-    assert paper_projection(n) == pytest.approx(expected, rel=1e-6)
-    assert paper_projection(10**9) == pytest.approx(16.0, rel=1e-6)
+def test_projected_speedup_formula(n, expected):
+    assert projected_speedup_formula(n) == pytest.approx(expected, rel=1e-6)
+    assert projected_speedup_formula(10**9) == pytest.approx(16.0, rel=1e-6)
+
+
+def test_projected_speedup_at_measured_elimination_matches_the_formula_at_one_minus_inverse_n():
+    from tersim.timing.summary import projected_speedup_at_eliminated
+
+    assert projected_speedup_at_eliminated(0.75) == pytest.approx(projected_speedup_formula(4))
+    assert projected_speedup_at_eliminated(0.5) == pytest.approx(1 / (0.5 / 16 + 0.5 / 4))   # two scales at N=4
+    assert projected_speedup_at_eliminated(0.0) == pytest.approx(4.0)
 
 
 @pytest.mark.parametrize("name, short", [("weight_stationary", "ws"), ("output_stationary", "os"),

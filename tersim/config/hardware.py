@@ -81,8 +81,20 @@ class MemoryConfig(_Strict):
 
 
 class QuantizationConfig(_Strict):
-    method: Literal["exact", "twn", "twn_asym"] = Field(
+    method: Literal["exact", "twn"] = Field(
         "exact", description="exact: optimal per-group support; twn: 0.7*mean|W| threshold"
+    )
+    group_layout: Literal["channel", "kernel"] = Field(
+        "channel", description="channel: N input channels at one kernel position share alpha (the paper); kernel: N "
+        "consecutive weights of the flattened (Cin, kh, kw) filter share alpha"
+    )
+    scales: Literal["one", "two"] = Field(
+        "one", description="one alpha per group (the paper), or two: alpha+ for the +1 codes and alpha- for the -1 "
+        "codes (two multiplies per group)"
+    )
+    correction: Literal["none", "bn_reestimate", "bias_correction", "equalize_bias_correction"] = Field(
+        "none", description="accuracy recovery without training, folded into weights/biases (zero hardware cost): "
+        "bn_reestimate needs --calib data"
     )
     first_last: Literal["int8", "ternary"] = Field(
         "int8", description="first and last weighted layers: keep 8-bit weights (default) or ternarize"

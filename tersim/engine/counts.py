@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from tersim.quantize.graph import QuantizedLayer, num_groups
+from tersim.quantize.graph import QuantizedLayer
+from tersim.quantize.layout import groups_per_filter
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class OpCounts:
     adds: int            # MACs with a non-zero weight code (an add/sub on a ternary PE)
     skips: int           # MACs with a zero weight code
     mults: int           # multiplications left: group scaling (+ every MAC of an int8-weight layer)
-    scale_mults: int     # group-scaling multiplies alone
+    scale_mults: int     # group-scaling multiplies alone (two scales: two per group)
 
     @property
     def mults_eliminated(self) -> float:
@@ -43,6 +44,7 @@ def layer_counts(layer: QuantizedLayer) -> OpCounts:
         scale_mults = pixels * cout * kh * kw
         mults = scale_mults + macs
     else:
-        scale_mults = pixels * cout * kh * kw * num_groups(cin_g, layer.group_size)
+        groups = groups_per_filter(cin_g, kh, kw, layer.group_size, layer.group_layout)
+        scale_mults = pixels * cout * groups * layer.scales
         mults = scale_mults
     return OpCounts(macs=macs, adds=adds, skips=macs - adds, mults=mults, scale_mults=scale_mults)

@@ -25,11 +25,13 @@ import numpy as np
 
 from tersim.config import Accelerator
 from tersim.errors import EngineError
-from tersim.kernels.common import check_conv, check_linear, max_abs
+from tersim.kernels.common import check_conv, check_linear, linear_alpha_as_conv, max_abs
 from tersim.kernels.elementwise import requantize_int
-from tersim.kernels.systolic import (N_COUNTERS, QUEUE_NONE, QUEUE_PER_COLUMN, QUEUE_SHARED, GemmCounters, run_os_gemm,
-                                     run_stream_gemm)
+from tersim.kernels.grouped import im2col
+from tersim.kernels.systolic import (N_COUNTERS, PACK_HALF, QUEUE_NONE, QUEUE_PER_COLUMN, QUEUE_SHARED, GemmCounters,
+                                     pack_two_scale_codes, run_os_gemm, run_stream_gemm)
 from tersim.quantize.graph import QuantizedGraph, QuantizedLayer
+from tersim.quantize.layout import k_order
 from tersim.timing.analytic import baseline_traffic, skip_plan, ternary_traffic
 from tersim.timing.schedule import ArrayCycles, Dataflow, OsFormula, SkipPlan, group_end_mask, group_index
 from tersim.timing.shapes import LayerShape
@@ -50,19 +52,6 @@ class EngineResult:
     shape: LayerShape        # the layer as the analytic model sees it
 
 
-def im2col(x: np.ndarray, kh: int, kw: int, stride: tuple[int, int], padding: tuple[int, int],
-           dilation: tuple[int, int], groups: int, oh: int, ow: int) -> np.ndarray:
-    """(groups, B*OH*OW, kh*kw*Cin/groups): each output pixel's inputs in the contract's order (ky, kx, c)."""
-    B, C, H, W = x.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    xp = np.zeros((B, C, H + 2 * ph, W + 2 * pw), x.dtype)
-    xp[:, :, ph:ph + H, pw:pw + W] = x
-    taps = [xp[:, :, ky * dh:ky * dh + (oh - 1) * sh + 1:sh, kx * dw:kx * dw + (ow - 1) * sw + 1:sw]
-            for ky in range(kh) for kx in range(kw)]                        # each (B, C, OH, OW)
-    cols = np.stack(taps, axis=1).reshape(B, kh * kw, groups, C // groups, oh, ow)
-    return np.ascontiguousarray(cols.transpose(2, 0, 4, 5, 1, 3)).reshape(groups, B * oh * ow, -1)
-
-
 def _queue(hw: Accelerator) -> tuple[int, int]:
     """(FIFO kind, multipliers per FIFO) of the group-scaling units; per_pe never stalls."""
     gs = hw.group_scaling
@@ -76,10 +65,13 @@ def _queue(hw: Accelerator) -> tuple[int, int]:
 def _run_gemms(xcol: np.ndarray, wcol: np.ndarray, ends: np.ndarray, gidx: np.ndarray, alpha: np.ndarray,
                bias: np.ndarray, rows: int, cols: int, dataflow: str, os_formula: OsFormula, t_tile: int,
                lo: int, hi: int, wrap: bool, queue: tuple[int, int], acc_dtype, psum_dtype,
-               plan: SkipPlan | None = None, shape: LayerShape | None = None) -> tuple[np.ndarray, GemmCounters]:
+               plan: SkipPlan | None = None, shape: LayerShape | None = None,
+               alpha_neg: np.ndarray | None = None) -> tuple[np.ndarray, GemmCounters]:
     """Every conv group's GEMM on the array; returns accumulators (groups, P, N) and the summed counters.
+    alpha_neg: alpha- of two scales per group (weights packed by pack_two_scale_codes), or None.
     With a skip `plan` each column fold runs on its own kept K indices (dropped ones are zero for every
-    filter of the fold, so the sums are the same)."""
+    filter of the fold, so the sums are the same). `alpha_neg`: alpha- (two scales; wcol packed by
+    pack_two_scale_codes), else None."""
     groups, P, K = xcol.shape
     N = wcol.shape[0] // groups
     acc = np.zeros((groups, P, N), acc_dtype)
@@ -91,27 +83,29 @@ def _run_gemms(xcol: np.ndarray, wcol: np.ndarray, ends: np.ndarray, gidx: np.nd
             n0, n1 = f * cols, min((f + 1) * cols, N)
             w = np.ascontiguousarray(wcol[g * N + n0:g * N + n1][:, kept])
             a, b, out = alpha[g * N + n0:g * N + n1], bias[g * N + n0:g * N + n1], acc[g][:, n0:n1]
+            an = None if alpha_neg is None else alpha_neg[g * N + n0:g * N + n1]
             fold_ends = group_end_mask(shape, kept)
             x = xcol[g][:, kept]
             if df is Dataflow.OS:
                 stats += run_os_gemm(np.ascontiguousarray(x), w, fold_ends, gidx[kept], a, b, rows, cols,
-                                     os_formula == "paper", lo, hi, wrap, *queue, out, proto)
+                                     os_formula == "paper", lo, hi, wrap, *queue, out, proto, an)
             else:
                 stats += run_stream_gemm(w, np.ascontiguousarray(x.T), fold_ends, gidx[kept], a, b, False, rows, cols,
-                                         t_tile, lo, hi, wrap, *queue, out, proto)
+                                         t_tile, lo, hi, wrap, *queue, out, proto, an)
         return acc, GemmCounters.of(stats)
     for g in range(groups):
         w, a, b = wcol[g * N:(g + 1) * N], alpha[g * N:(g + 1) * N], bias[g * N:(g + 1) * N]
+        an = None if alpha_neg is None else alpha_neg[g * N:(g + 1) * N]
         if df is Dataflow.OS:
             stats += run_os_gemm(xcol[g], w, ends, gidx, a, b, rows, cols, os_formula == "paper", lo, hi, wrap,
-                                 *queue, acc[g], proto)
+                                 *queue, acc[g], proto, an)
         elif df is Dataflow.WS:
             stats += run_stream_gemm(w, np.ascontiguousarray(xcol[g].T), ends, gidx, a, b, False, rows, cols, t_tile,
-                                     lo, hi, wrap, *queue, acc[g], proto)
+                                     lo, hi, wrap, *queue, acc[g], proto, an)
         else:
             out = np.zeros((N, P), acc_dtype)
             stats += run_stream_gemm(xcol[g], np.ascontiguousarray(w.T), ends, gidx, a, b, True, rows, cols, t_tile,
-                                     lo, hi, wrap, *queue, out, proto)
+                                     lo, hi, wrap, *queue, out, proto, an)
             acc[g] = out.T
     return acc, GemmCounters.of(stats)
 
@@ -127,37 +121,48 @@ def _shape(spec, weight_kind: str, name: str, nonzero: np.ndarray | None = None)
     return LayerShape(name=name, batch=spec.B, in_channels=spec.Cin, in_h=spec.H, in_w=spec.W,
                       out_channels=spec.Cout, out_h=spec.OH, out_w=spec.OW, kernel_h=spec.kh, kernel_w=spec.kw,
                       stride_h=spec.stride[0], stride_w=spec.stride[1], groups=spec.groups,
-                      weight_kind=weight_kind, group_size=spec.group_size, nonzero=nonzero)
+                      weight_kind=weight_kind, group_size=spec.group_size, nonzero=nonzero,
+                      group_layout=spec.group_layout, scales=spec.scales)
 
 
 def conv2d_engine(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np.ndarray, *, group_size: int,
                   stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], groups: int,
                   acc_bits: int, saturate: bool, shift: int, out_lo: int, out_hi: int, hw: Accelerator,
-                  weight_kind: str = "ternary", os_formula: OsFormula = "scalesim", name: str = "layer") -> EngineResult:
+                  weight_kind: str = "ternary", os_formula: OsFormula = "scalesim", name: str = "layer",
+                  group_layout: str = "channel", scales: str | int = 1) -> EngineResult:
     """tersim.kernels.conv2d_int's arguments, stepped on hw.array: same outputs and overflow events,
-    plus the cycles. The output buffer's T tiling comes from the analytic memory model."""
+    plus the cycles. The output buffer's T tiling comes from the analytic memory model. K streams through
+    the array in the group layout's order; with two scales a PE's partial-sum register carries the +1 and the
+    -1 lanes' sums packed (tersim.kernels.systolic.pack_two_scale_codes) and a group end sends two products."""
     try:
         spec, x, codes, alpha_q, bias_q = check_conv(x, codes, alpha_q, bias_q, group_size=group_size, stride=stride,
                                                      padding=padding, dilation=dilation, groups=groups,
-                                                     acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi)
+                                                     acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi,
+                                                     group_layout=group_layout, scales=scales)
     except (TypeError, ValueError) as exc:
         raise EngineError(f"layer '{name}': {exc}") from None
     if spec.B == 0 or spec.Cout == 0:
         raise EngineError(f"layer '{name}': nothing to simulate (batch or channels is 0)")
-    shape = _shape(spec, weight_kind, name, LayerShape.nonzero_of(codes))
+    shape = _shape(spec, weight_kind, name, LayerShape.nonzero_of(codes, spec.group_layout))
     K = shape.gemm_k
     rows, cols, df = hw.array.rows, hw.array.cols, hw.array.dataflow
     ends, gidx = group_end_mask(shape), group_index(shape)
-    # Exact group sums (carried across folds too) need at most max|x| * max|code| * min(N, cin_g).
-    narrow = max_abs(x) * max(1, max_abs(codes)) * min(spec.group_size, spec.cin_g) < 2**31
-    dtype = np.int32 if narrow else np.int64
+    # Exact group sums (carried across folds too) need at most max|x| * max|code| * (weights per group).
+    group_bound = max_abs(x) * max(1, max_abs(codes)) * min(spec.group_size, K)
+    two = spec.scales == 2
+    if two and group_bound >= PACK_HALF:
+        raise EngineError(f"layer '{name}': two-scale partial sums need max|x| * N < 2**30 to pack")
+    dtype = np.int64 if two or group_bound >= 2**31 else np.int32
     xcol = im2col(x.astype(dtype, copy=False), spec.kh, spec.kw, spec.stride, spec.padding, spec.dilation,
-                  spec.groups, spec.OH, spec.OW)
-    wcol = np.ascontiguousarray(codes.transpose(0, 2, 3, 1), dtype).reshape(spec.Cout, K)
-    alpha = np.ascontiguousarray(alpha_q, np.int64).reshape(spec.Cout, -1)
-    acc, counters = _run_gemms(xcol, wcol, ends, gidx, alpha, np.asarray(bias_q, np.int64), rows, cols, df, os_formula,
-                            ternary_traffic(shape, hw).t_tile, spec.acc_lo, spec.acc_hi, not saturate, _queue(hw),
-                            np.int64, dtype, skip_plan(shape, hw, os_formula), shape)
+                  spec.groups, spec.OH, spec.OW, spec.group_layout)
+    wk = np.asarray(codes).reshape(spec.Cout, K)[:, k_order(spec.cin_g, spec.kh, spec.kw, spec.group_layout)]
+    wcol = np.ascontiguousarray(pack_two_scale_codes(wk) if two else wk, dtype)
+    alpha = np.asarray(alpha_q, np.int64).reshape(spec.Cout, -1, spec.scales)
+    alpha_neg = np.ascontiguousarray(alpha[:, :, 1]) if two else None
+    acc, counters = _run_gemms(xcol, wcol, ends, gidx, np.ascontiguousarray(alpha[:, :, 0]),
+                               np.asarray(bias_q, np.int64), rows, cols, df, os_formula,
+                               ternary_traffic(shape, hw).t_tile, spec.acc_lo, spec.acc_hi, not saturate, _queue(hw),
+                               np.int64, dtype, skip_plan(shape, hw, os_formula), shape, alpha_neg)
     acc = acc.reshape(spec.groups, spec.B, spec.OH, spec.OW, spec.cout_g).transpose(1, 0, 4, 2, 3)
     y = requantize_int(acc.reshape(spec.B, spec.Cout, spec.OH, spec.OW), shift=shift, out_lo=out_lo, out_hi=out_hi)
     return EngineResult(y, counters.overflow_events, _cycles(counters), counters, counters.stepped,
@@ -166,17 +171,19 @@ def conv2d_engine(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q:
 
 def linear_engine(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np.ndarray, *, group_size: int,
                   acc_bits: int, saturate: bool, shift: int, out_lo: int, out_hi: int, hw: Accelerator,
-                  weight_kind: str = "ternary", os_formula: OsFormula = "scalesim", name: str = "layer") -> EngineResult:
+                  weight_kind: str = "ternary", os_formula: OsFormula = "scalesim", name: str = "layer",
+                  group_layout: str = "channel", scales: str | int = 1) -> EngineResult:
     """tersim.kernels.linear_int stepped on the array: a 1x1 conv on a 1x1 image."""
     try:
         spec, x, codes, alpha_q, bias_q = check_linear(x, codes, alpha_q, bias_q, group_size=group_size,
-                                                       acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi)
+                                                       acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi,
+                                                       group_layout=group_layout, scales=scales)
     except (TypeError, ValueError) as exc:
         raise EngineError(f"layer '{name}': {exc}") from None
-    r = conv2d_engine(x[:, :, None, None], codes[:, :, None, None], alpha_q[:, None, None, :], bias_q,
+    r = conv2d_engine(x[:, :, None, None], codes[:, :, None, None], linear_alpha_as_conv(alpha_q), bias_q,
                       group_size=group_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
                       acc_bits=acc_bits, saturate=saturate, shift=shift, out_lo=out_lo, out_hi=out_hi, hw=hw,
-                      weight_kind=weight_kind, os_formula=os_formula, name=name)
+                      weight_kind=weight_kind, os_formula=os_formula, name=name, scales=spec.scales)
     return EngineResult(r.y.reshape(spec.B, spec.Cout), r.overflow_events, r.cycles, r.counters, r.stepped_cycles,
                         r.pe_cycles, r.shape)
 
@@ -219,7 +226,8 @@ def step_layer(layer: QuantizedLayer, x: np.ndarray, qgraph: QuantizedGraph, hw:
     """The layer's integer datapath on the array, with the same arguments the integer kernels get."""
     node = layer.node
     common = dict(group_size=layer.group_size, acc_bits=qgraph.acc_bits, saturate=qgraph.saturate, shift=layer.shift,
-                  out_lo=layer.out_lo, out_hi=layer.out_hi, hw=hw, weight_kind=layer.weight_kind, name=node.name)
+                  out_lo=layer.out_lo, out_hi=layer.out_hi, hw=hw, weight_kind=layer.weight_kind, name=node.name,
+                  group_layout=layer.group_layout, scales=layer.scales)
     if node.op == "linear":
         return linear_engine(x, layer.codes, layer.alpha_q, layer.bias_q, **common)
     a = node.attrs

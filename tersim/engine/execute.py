@@ -44,6 +44,8 @@ def quantize_input(qgraph: QuantizedGraph, x: np.ndarray) -> np.ndarray:
 def _run_weighted(k: ModuleType, layer: QuantizedLayer, x: np.ndarray, qgraph: QuantizedGraph) -> tuple[np.ndarray, int]:
     common = dict(group_size=layer.group_size, acc_bits=qgraph.acc_bits, saturate=qgraph.saturate,
                   shift=layer.shift, out_lo=layer.out_lo, out_hi=layer.out_hi)
+    if layer.group_layout != "channel" or layer.scales != 1:   # the paper's recipe keeps the plain call
+        common.update(group_layout=layer.group_layout, scales=layer.scales)
     node = layer.node
     if node.op == "linear":
         return k.linear_int(x, layer.codes, layer.alpha_q, layer.bias_q, **common)

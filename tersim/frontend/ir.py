@@ -43,6 +43,10 @@ class Node:
     weight: np.ndarray | None = None
     bias: np.ndarray | None = None
     shape: tuple[int, ...] = ()
+    # The eval-mode BatchNorm folded into this conv/linear (weight and bias above are folded): float64 arrays
+    # 'mean', 'var', 'gamma', 'beta', 'bias' (the conv's own bias before folding) and float 'eps'. Kept for
+    # the accuracy corrections (tersim.quantize.correction); None when no BN was folded.
+    bn: dict[str, Any] | None = None
 
 
 @dataclass

@@ -593,6 +593,10 @@ def _batch_norm(lw: _Lowering, n: torch.fx.Node, a: dict) -> None:
     scale = gamma / torch.sqrt(var + float(a["eps"]))
     weight = torch.from_numpy(producer.weight).double()
     bias = torch.zeros_like(mean) if producer.bias is None else torch.from_numpy(producer.bias).double()
+    if producer.bn is not None:
+        raise _Unsupported("two batch norms after one conv/linear")
+    producer.bn = {"mean": mean.numpy(), "var": var.numpy(), "gamma": gamma.numpy(), "beta": beta.numpy(),
+                   "bias": bias.numpy(), "eps": float(a["eps"])}
     producer.weight = _np32(weight * scale.reshape(-1, *[1] * (weight.dim() - 1)))
     producer.bias = _np32((bias - mean) * scale + beta)
     if n.target == aten._native_batch_norm_legit_no_training.default:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tersim.quantize.layout import check_layout, groups_per_filter, scale_count
+
 MAX_ACC_BITS = 48
 # Products psum * alpha plus an accumulator of <= 48 bits must stay far from int64 overflow.
 PRODUCT_LIMIT = 2**62 - 2**MAX_ACC_BITS
@@ -75,18 +77,43 @@ class ConvSpec:
     acc_hi: int
     out_lo: int
     out_hi: int
+    group_layout: str = "channel"   # tersim.quantize.layout: which weights share alpha, and the K order
+    scales: int = 1                 # multiplies per group: 1, or 2 (alpha+ for +1 codes, alpha- for -1 codes)
+
+    @property
+    def n_alpha_groups(self) -> int:
+        """Alpha groups per output channel (all kernel positions)."""
+        return groups_per_filter(self.cin_g, self.kh, self.kw, self.group_size, self.group_layout)
+
+    @property
+    def is_default_variant(self) -> bool:
+        """The paper's recipe (channel layout, one scale): the fast kernels' layout."""
+        return self.group_layout == "channel" and self.scales == 1
 
     @property
     def cout_g(self) -> int:
         return self.Cout // self.groups
 
 
+def alpha_shape(cout: int, cin_g: int, kh: int, kw: int, group_size: int, group_layout: str = "channel",
+                scales: int = 1) -> tuple[int, ...]:
+    """alpha_q's shape: channel (Cout, kh, kw, G[, 2]), kernel (Cout, Gk[, 2]) (tersim.quantize.fgq)."""
+    if group_layout == "channel":
+        shape = (cout, kh, kw, math.ceil(cin_g / group_size))
+    else:
+        shape = (cout, groups_per_filter(cin_g, kh, kw, group_size, group_layout))
+    return shape + ((2,) if scales == 2 else ())
+
+
 def check_conv(x, codes, alpha_q, bias_q, *, group_size, stride, padding, dilation, groups, acc_bits,
-               out_lo, out_hi) -> tuple[ConvSpec, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+               out_lo, out_hi, group_layout: str = "channel",
+               scales: str | int = 1) -> tuple[ConvSpec, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validate a conv2d_int call; returns the spec and the arrays as (x, codes, alpha_q, bias_q)."""
+    check_layout(group_layout)
+    n_scales = scale_count(scales)
     x = int_array(x, "x", 4)
     codes = int_array(codes, "codes", 4)
-    alpha_q = int_array(alpha_q, "alpha_q", 4)
+    alpha_q = int_array(alpha_q, "alpha_q")
     bias_q = int_array(bias_q, "bias_q", 1)
     B, Cin, H, W = x.shape
     Cout, cin_g, kh, kw = codes.shape
@@ -99,8 +126,9 @@ def check_conv(x, codes, alpha_q, bias_q, *, group_size, stride, padding, dilati
     if mc > 127:
         raise ValueError("codes must lie in [-127, 127]")
     G = math.ceil(cin_g / group_size)
-    if alpha_q.shape != (Cout, kh, kw, G):
-        raise ValueError(f"alpha_q must have shape {(Cout, kh, kw, G)}, got {alpha_q.shape}")
+    expected = alpha_shape(Cout, cin_g, kh, kw, group_size, group_layout, n_scales)
+    if alpha_q.shape != expected:
+        raise ValueError(f"alpha_q must have shape {expected}, got {alpha_q.shape}")
     if bias_q.shape != (Cout,):
         raise ValueError(f"bias_q must have shape {(Cout,)}, got {bias_q.shape}")
     if mx >= 2**31 or ma >= 2**31:
@@ -117,24 +145,33 @@ def check_conv(x, codes, alpha_q, bias_q, *, group_size, stride, padding, dilati
     acc_lo, acc_hi = acc_range(int(acc_bits))
     lo, hi = check_out_range(out_lo, out_hi)
     # psum * alpha must stay exact in int64 (the accumulator adds at most 2**47 to it).
-    psum_bound = mx * mc * min(group_size, cin_g)
-    if psum_bound * ma > PRODUCT_LIMIT:
+    psum_bound = mx * mc * min(group_size, cin_g * (kh * kw if group_layout == "kernel" else 1))
+    if n_scales * psum_bound * ma > PRODUCT_LIMIT:
         raise ValueError("psum * alpha_q may exceed int64: inputs, codes or alphas are far too large")
     spec = ConvSpec(B, Cin, H, W, Cout, cin_g, kh, kw, G, OH, OW, (sh, sw), (ph, pw), (dh, dw), groups,
-                    group_size, acc_lo, acc_hi, lo, hi)
+                    group_size, acc_lo, acc_hi, lo, hi, group_layout, n_scales)
     return spec, x, codes, alpha_q, bias_q
 
 
-def check_linear(x, codes, alpha_q, bias_q, *, group_size, acc_bits, out_lo, out_hi):
-    """Validate a linear_int call by viewing it as a 1x1 conv on a 1x1 image."""
+def linear_alpha_as_conv(alpha_q: np.ndarray) -> np.ndarray:
+    """A linear layer's alpha (out, G[, 2]) as the 1x1 conv's (out, 1, 1, G[, 2]) (both layouts agree on 1x1)."""
+    return alpha_q[:, None, None]
+
+
+def check_linear(x, codes, alpha_q, bias_q, *, group_size, acc_bits, out_lo, out_hi, group_layout: str = "channel",
+                 scales: str | int = 1):
+    """Validate a linear_int call by viewing it as a 1x1 conv on a 1x1 image (the group layouts coincide
+    there: the channel layout's alpha shape is used)."""
+    check_layout(group_layout)
+    n_scales = scale_count(scales)
     x = int_array(x, "x", 2)
     codes = int_array(codes, "codes", 2)
-    alpha_q = int_array(alpha_q, "alpha_q", 2)
+    alpha_q = int_array(alpha_q, "alpha_q", 2 + (n_scales == 2))
     if x.shape[1] != codes.shape[1]:
         raise ValueError(f"x {x.shape} and codes {codes.shape} disagree on in_features")
-    spec, x4, c4, a4, b = check_conv(x[:, :, None, None], codes[:, :, None, None], alpha_q[:, None, None, :], bias_q,
-                                     group_size=group_size, stride=1, padding=0, dilation=1, groups=1,
-                                     acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi)
+    spec, x4, c4, a4, b = check_conv(x[:, :, None, None], codes[:, :, None, None], linear_alpha_as_conv(alpha_q),
+                                     bias_q, group_size=group_size, stride=1, padding=0, dilation=1, groups=1,
+                                     acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi, scales=n_scales)
     return spec, x, codes, alpha_q, b
 
 

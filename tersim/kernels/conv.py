@@ -34,7 +34,8 @@ from numba import njit, prange
 
 from tersim.kernels import simd
 from tersim.kernels.arith import shift_round_clamp
-from tersim.kernels.common import ConvSpec, check_conv, check_linear, max_abs
+from tersim.kernels.common import ConvSpec, check_conv, check_linear, linear_alpha_as_conv, max_abs
+from tersim.kernels.grouped import conv2d_grouped
 
 TILE_TARGET = 4096  # grid elements per work item: accumulators and psums stay in L1/L2
 
@@ -441,12 +442,17 @@ def _run_dot(x, bias_q, spec: ConvSpec, w16, chans, shift, y) -> None:
 
 def conv2d_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np.ndarray, *, group_size: int,
                stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], groups: int,
-               acc_bits: int, saturate: bool, shift: int, out_lo: int, out_hi: int) -> tuple[np.ndarray, int]:
+               acc_bits: int, saturate: bool, shift: int, out_lo: int, out_hi: int, group_layout: str = "channel",
+               scales: str | int = 1) -> tuple[np.ndarray, int]:
     """Integer conv2d: x (B, Cin, H, W), codes int8 (Cout, Cin/groups, kh, kw), alpha_q (Cout, kh, kw, G),
-    bias_q (Cout,) -> (y int32 (B, Cout, OH, OW), overflow events)."""
+    bias_q (Cout,) -> (y int32 (B, Cout, OH, OW), overflow events). The design-space variants (kernel group
+    layout, two scales: alpha_q shapes in tersim.quantize.fgq) run on tersim.kernels.grouped."""
     spec, x, codes, alpha_q, bias_q = check_conv(x, codes, alpha_q, bias_q, group_size=group_size, stride=stride,
                                                  padding=padding, dilation=dilation, groups=groups,
-                                                 acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi)
+                                                 acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi,
+                                                 group_layout=group_layout, scales=scales)
+    if not spec.is_default_variant:
+        return conv2d_grouped(x, codes, alpha_q, bias_q, spec, saturate, shift)
     y = np.empty((spec.B, spec.Cout, spec.OH, spec.OW), np.int32)
     if y.size == 0:
         return y, 0
@@ -477,10 +483,17 @@ def conv2d_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np
 
 
 def linear_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np.ndarray, *, group_size: int,
-               acc_bits: int, saturate: bool, shift: int, out_lo: int, out_hi: int) -> tuple[np.ndarray, int]:
-    """Integer linear: x (B, in), codes int8 (out, in), alpha_q (out, G), bias_q (out,) -> (y int32 (B, out), events)."""
+               acc_bits: int, saturate: bool, shift: int, out_lo: int, out_hi: int, group_layout: str = "channel",
+               scales: str | int = 1) -> tuple[np.ndarray, int]:
+    """Integer linear: x (B, in), codes int8 (out, in), alpha_q (out, G) (two scales: (out, G, 2)), bias_q (out,)
+    -> (y int32 (B, out), events). Both group layouts are the same on a linear layer."""
     spec, x, codes, alpha_q, bias_q = check_linear(x, codes, alpha_q, bias_q, group_size=group_size,
-                                                   acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi)
+                                                   acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi,
+                                                   group_layout=group_layout, scales=scales)
+    if not spec.is_default_variant:
+        y, events = conv2d_grouped(x[:, :, None, None], codes[:, :, None, None], linear_alpha_as_conv(alpha_q),
+                                   bias_q, spec, saturate, shift)
+        return y.reshape(spec.B, spec.Cout), events
     y = np.empty((spec.B, spec.Cout), np.int32)
     if y.size == 0:
         return y, 0

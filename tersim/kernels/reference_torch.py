@@ -55,6 +55,11 @@ def _div_round_half_even(v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 
 def _clamp_or_wrap(v: torch.Tensor, lo: int, hi: int, saturate: bool) -> tuple[torch.Tensor, int]:
     """One accumulator step: keep v in [lo, hi] and count the elements whose exact value was outside."""
+    if v.numel() == 0:
+        return v, 0
+    low, high = torch.aminmax(v)
+    if int(low) >= lo and int(high) <= hi:     # the common case: nothing to clamp, no event
+        return v, 0
     events = int(((v < lo) | (v > hi)).sum())
     if saturate:
         return v.clamp(lo, hi), events
@@ -63,11 +68,15 @@ def _clamp_or_wrap(v: torch.Tensor, lo: int, hi: int, saturate: bool) -> tuple[t
 
 def conv2d_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np.ndarray, *, group_size: int,
                stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], groups: int,
-               acc_bits: int, saturate: bool, shift: int, out_lo: int, out_hi: int) -> tuple[np.ndarray, int]:
+               acc_bits: int, saturate: bool, shift: int, out_lo: int, out_hi: int, group_layout: str = "channel",
+               scales: str | int = 1) -> tuple[np.ndarray, int]:
     """Reference for tersim.kernels.conv2d_int: (y int32 (B, Cout, OH, OW), overflow events)."""
     spec, x, codes, alpha_q, bias_q = check_conv(x, codes, alpha_q, bias_q, group_size=group_size, stride=stride,
                                                  padding=padding, dilation=dilation, groups=groups,
-                                                 acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi)
+                                                 acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi,
+                                                 group_layout=group_layout, scales=scales)
+    if not spec.is_default_variant:
+        return _conv2d_variant(x, codes, alpha_q, bias_q, spec, saturate, shift)
     B, Cout, OH, OW, gr, cin_g, N = spec.B, spec.Cout, spec.OH, spec.OW, spec.groups, spec.cin_g, spec.group_size
     if B == 0 or Cout == 0:
         return np.empty((B, Cout, OH, OW), np.int32), 0
@@ -91,12 +100,63 @@ def conv2d_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np
     return _out(_round_shift_clamp(acc, int(shift), spec.out_lo, spec.out_hi)), events
 
 
+def _grouped_view(t: torch.Tensor, spec, per_tap: int) -> torch.Tensor:
+    """Split the filter axis (-2 of t, (c, ky, kx) order, per_tap = kh * kw) into the contract's alpha groups:
+    (..., groups in order, N, last): channel layout: taps (ky, kx) outer, runs of N channels (the last one
+    zero-padded); kernel layout: runs of N of the flattened filter (the last zero-padded)."""
+    N, cin_g = spec.group_size, spec.cin_g
+    lead, last = t.shape[:-2], t.shape[-1]
+    if spec.group_layout == "kernel":
+        K = cin_g * per_tap
+        G = -(-K // N)
+        t = F.pad(t, (0, 0, 0, G * N - K))
+        return t.reshape(*lead, G, N, last)
+    G = -(-cin_g // N)
+    t = t.reshape(*lead, cin_g, per_tap, last).transpose(-3, -2)             # (..., taps, cin_g, last)
+    t = F.pad(t, (0, 0, 0, G * N - cin_g))
+    return t.reshape(*lead, per_tap * G, N, last)
+
+
+def _conv2d_variant(x, codes, alpha_q, bias_q, spec, saturate: bool, shift: int) -> tuple[np.ndarray, int]:
+    """Any group layout / scale count: im2col by F.unfold ((c, ky, kx) order), every alpha group's partial
+    sums by one einsum, then one accumulator step per alpha group in the contract's order; two scales:
+    P * alpha+ - M * alpha- (P, M: sums of the inputs under the +1 and -1 codes)."""
+    B, Cout, OH, OW, gr, cin_g = spec.B, spec.Cout, spec.OH, spec.OW, spec.groups, spec.cin_g
+    if B == 0 or Cout == 0:
+        return np.empty((B, Cout, OH, OW), np.int32), 0
+    lo, hi, taps = spec.acc_lo, spec.acc_hi, spec.kh * spec.kw
+    # float64 unfold is exact for int32 inputs; (B, groups, cin_g * kh * kw, OH * OW)
+    cols = F.unfold(_i64(x).double(), (spec.kh, spec.kw), dilation=spec.dilation, padding=spec.padding,
+                    stride=spec.stride).round().to(torch.int64).reshape(B, gr, cin_g * taps, OH * OW)
+    xg = _grouped_view(cols, spec, taps)                                       # (B, gr, G, N, P)
+    w = _i64(codes).reshape(gr, spec.cout_g, cin_g * taps, 1)
+    alpha = _i64(alpha_q).reshape(Cout, -1, spec.scales)                        # groups in the contract's order
+    if spec.scales == 2:
+        pos = torch.einsum("bgjnp,gojn->bgojp", xg, _grouped_view(w.clamp(min=0), spec, taps)[..., 0])
+        neg = torch.einsum("bgjnp,gojn->bgojp", xg, _grouped_view((-w).clamp(min=0), spec, taps)[..., 0])
+        steps = (pos.reshape(B, Cout, -1, OH * OW) * alpha[None, :, :, 0, None]
+                 - neg.reshape(B, Cout, -1, OH * OW) * alpha[None, :, :, 1, None])
+    else:
+        psum = torch.einsum("bgjnp,gojn->bgojp", xg, _grouped_view(w, spec, taps)[..., 0])
+        steps = psum.reshape(B, Cout, -1, OH * OW) * alpha[None, :, :, 0, None]
+    acc, events = _clamp_or_wrap(_i64(bias_q).view(1, Cout, 1).expand(B, Cout, OH * OW), lo, hi, saturate)
+    steps = steps.permute(2, 0, 1, 3).contiguous()                               # (G, B, Cout, P)
+    for g in range(steps.shape[0]):
+        acc, ev = _clamp_or_wrap(acc + steps[g], lo, hi, saturate)
+        events += ev
+    y = _round_shift_clamp(acc, int(shift), spec.out_lo, spec.out_hi).reshape(B, Cout, OH, OW)
+    return _out(y), events
+
+
 def linear_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np.ndarray, *, group_size: int,
-               acc_bits: int, saturate: bool, shift: int, out_lo: int, out_hi: int) -> tuple[np.ndarray, int]:
+               acc_bits: int, saturate: bool, shift: int, out_lo: int, out_hi: int, group_layout: str = "channel",
+               scales: str | int = 1) -> tuple[np.ndarray, int]:
     """Reference for tersim.kernels.linear_int: a 1x1 conv on a 1x1 image."""
     spec, x, codes, alpha_q, bias_q = check_linear(x, codes, alpha_q, bias_q, group_size=group_size,
-                                                   acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi)
-    y, events = conv2d_int(x[:, :, None, None], codes[:, :, None, None], alpha_q[:, None, None, :], bias_q,
+                                                   acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi,
+                                                   group_layout=group_layout, scales=scales)
+    y, events = conv2d_int(x[:, :, None, None], codes[:, :, None, None], alpha_q[:, None, None], bias_q,
+                           scales=spec.scales,
                            group_size=group_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
                            acc_bits=acc_bits, saturate=saturate, shift=shift, out_lo=out_lo, out_hi=out_hi)
     return y.reshape(spec.B, spec.Cout), events

@@ -89,6 +89,70 @@ def _keep_impl(v, lo, hi, wrap):
     return impl
 
 
+PACK_SHIFT = 31   # two scales: a partial sum register holds P + M * 2**31 (see _group_product)
+PACK_HALF = 2**30
+
+
+def pack_two_scale_codes(codes: np.ndarray) -> np.ndarray:
+    """Two scales per group: the stationary/streamed weight a PE multiplies by, int64: +1 -> 1, -1 -> 2**31, 0 -> 0.
+
+    One partial-sum register then carries both sums of the group, P (inputs under +1 codes) in the low part and
+    M (inputs under -1 codes) times 2**31, exactly as long as |P| < 2**30 and |M| < 2**31: two adder chains in
+    one register, so the stepping (moves, carries across folds) is the one-scale array's."""
+    c = np.asarray(codes)
+    return np.where(c > 0, 1, np.where(c < 0, np.int64(1) << PACK_SHIFT, 0)).astype(np.int64)
+
+
+def _group_product(s, a, neg_scale, i):
+    """A finished group's product: psum * alpha (one scale, neg_scale None), or P * alpha+ - M * alpha- from a
+    packed sum s = P + M * 2**31 (two scales, alpha- = neg_scale[i])."""
+
+
+@overload(_group_product, inline="always")
+def _group_product_impl(s, a, neg_scale, i):
+    if neg_scale is None or isinstance(neg_scale, types.NoneType):
+        return lambda s, a, neg_scale, i: s * a
+
+    def impl(s, a, neg_scale, i):
+        pos = ((s + PACK_HALF) & (2 * PACK_HALF - 1)) - PACK_HALF
+        neg = (s - pos) >> PACK_SHIFT
+        return pos * a - neg * neg_scale[i]
+    return impl
+
+
+def _scale_count(neg_scale):
+    """Multiplies per group: 1 without alpha- (None), 2 with it."""
+
+
+@overload(_scale_count, inline="always")
+def _scale_count_impl(neg_scale):
+    if neg_scale is None or isinstance(neg_scale, types.NoneType):
+        return lambda neg_scale: 1
+    return lambda neg_scale: 2
+
+
+def _flat_or_none(a):
+    """a.reshape(-1), None stays None."""
+
+
+@overload(_flat_or_none, inline="always")
+def _flat_or_none_impl(a):
+    if a is None or isinstance(a, types.NoneType):
+        return lambda a: None
+    return lambda a: a.reshape(-1)
+
+
+def _zeros_like_if(flag, a):
+    """np.zeros_like(a) when flag (alpha-) is an array, None when it is None."""
+
+
+@overload(_zeros_like_if, inline="always")
+def _zeros_like_if_impl(flag, a):
+    if flag is None or isinstance(flag, types.NoneType):
+        return lambda flag, a: None
+    return lambda flag, a: np.zeros_like(a)
+
+
 @njit(cache=True)
 def _may_stall(most_per_column, lanes, rate, kind):
     """Can one cycle bring a FIFO more items than its `rate` multipliers take? (else it stays empty)"""
@@ -139,7 +203,7 @@ def load_stationary(reg, src, s0, su, k0, ku, width):
 
 @njit(cache=True)
 def stream_fold(stat, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, carry_in, carry_out, act, nact, ps,
-                nps, occ, arrivals, rate, kind, lo, hi, wrap):
+                nps, occ, arrivals, rate, kind, lo, hi, wrap, scale_neg=None):
     """The stream phase of one ws/is fold (tn + rows + cols - 2 cycles) on a loaded stationary tile.
 
     stat, act / nact (this and next cycle's streamed operand), ps / nps (partial sums): flat register files
@@ -147,15 +211,18 @@ def stream_fold(stat, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, c
     outside the tile). end_rows: rows that end a group; their sums go to the multipliers and the row is
     cleared, so the row below starts from 0. scale: ws (rows, cols) alpha per (row, column); is (rows,
     n_slots + cols - 1) alpha of time index n_slots - 1 - u at [r, u]. acc (>= n_slots, cols) and carry_*
-    (>= n_slots, cols) skewed. Returns (cycles, overflow events).
+    (>= n_slots, cols) skewed. scale_neg: alpha- laid out like scale (two scales: every group end sends two
+    products to the multipliers), None for one scale. Returns (cycles, overflow events).
     """
+    n_scale = _scale_count(scale_neg)
+    scn = _flat_or_none(scale_neg)
     cols = acc.shape[1]
     width = cols + 1
     n = stat.size
     rows = n // width - 1
     n_cycles = tn + rows + cols - 2
     events = 0
-    queue = _may_stall(end_rows.size, su, rate, kind)
+    queue = _may_stall(end_rows.size * n_scale, su, rate, kind)
     accf, cout, sc = acc.reshape(-1), carry_out.reshape(-1), scale.reshape(-1)
     W, C = U(width), U(cols)
     for tau in range(n_cycles):
@@ -175,7 +242,7 @@ def stream_fold(stat, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, c
                 dst = U(q * cols)
                 alpha = U(r * scale.shape[1] + (n_slots - 1 - q if n_in_time else 0))
                 for c in range(C):
-                    v = accf[dst + c] + nps[row + c] * sc[alpha + c]
+                    v = accf[dst + c] + _group_product(nps[row + c], sc[alpha + c], scn, alpha + c)
                     events += (v < lo) | (v > hi)
                     accf[dst + c] = _keep(v, lo, hi, wrap)
             for c in range(C):
@@ -185,7 +252,7 @@ def stream_fold(stat, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, c
             for e in range(end_rows.size):
                 r = end_rows[e]
                 for c in range(max(0, tau - r - tn + 1), min(su - 1, tau - r) + 1):
-                    arrivals[c] += 1
+                    arrivals[c] += n_scale
             _enqueue(occ, arrivals, su, rate, kind)
         q = tau - rows + 1
         if 0 <= q < n_slots:                      # the bottom row's unfinished sums: the next fold's carry
@@ -237,14 +304,16 @@ def _skew_ports(ports, src, i0, n_i, j0, n_j, slot0):
 
 @njit(cache=True)
 def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi, wrap,
-                    kind, rate, out, psum_proto):
+                    kind, rate, out, psum_proto, alpha_neg=None):
     """ws / is: one GEMM fold by fold (column fold -> T tile -> row fold), every cycle stepped.
 
     stat_src (S, K) is laid across the columns (ws: weights (N, K); is: im2col activations (P, K)),
     strm (K, T) streams in time (ws: activations; is: weights). alpha (N, groups), bias (N,) are indexed
     by the filter: the column (ws) or the time index (is). out (T, S) receives the accumulators.
     Returns the counters (int64[N_COUNTERS], indexed by STEPPED, LOAD, ...: see GemmCounters).
+    alpha_neg (N, groups): alpha- of two scales per group (weights packed by pack_two_scale_codes), or None.
     """
+    n_scale = _scale_count(alpha_neg)
     S, K = stat_src.shape
     T = strm.shape[1]
     stats = np.zeros(N_COUNTERS, np.int64)
@@ -262,6 +331,7 @@ def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, 
     carry_in = np.zeros((slots, cols), psum_proto.dtype)
     carry_out = np.zeros((slots, cols), psum_proto.dtype)
     scale = np.zeros((rows, slots + cols - 1 if n_in_time else cols), alpha.dtype)
+    scale_neg = _zeros_like_if(alpha_neg, scale)
     occ = np.zeros(cols if kind == QUEUE_PER_COLUMN else 1, np.int64)
     arrivals = np.zeros(cols, np.int64)
     for s0 in range(0, S, cols):
@@ -275,13 +345,15 @@ def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, 
                 ku = min(rows, K - k0)
                 end_rows = np.flatnonzero(ends_k[k0:k0 + ku])
                 _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
+                if alpha_neg is not None:
+                    _fold_scales(scale_neg, alpha_neg, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
                 _skew_ports(ports, strm, k0, ku, t0, tn, 0)
                 load = load_stationary(reg, stat_src, s0, su, k0, ku, width)
                 act[:] = 0
                 ps[:] = 0
                 stream, ev = stream_fold(reg, ports, tn, su, end_rows, scale, n_in_time, acc,
                                          n_slots, carry_in, carry_out, act, nact, ps, nps, occ, arrivals, rate,
-                                         kind, lo, hi, wrap)
+                                         kind, lo, hi, wrap, scale_neg)
                 stall = _queue_drain(occ, rate) if kind != QUEUE_NONE else 0
                 carry_in, carry_out = carry_out, carry_in
                 stats[STEPPED] += load + stream
@@ -290,7 +362,7 @@ def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, 
                 stats[FIRST_TILE_OVERHEAD if t0 == 0 else RELOAD_OVERHEAD] += load + stream - tn
                 stats[GROUP_STALL] += stall
                 stats[OVERFLOW_EVENTS] += ev
-                stats[GROUP_SUMS] += end_rows.size * su * tn    # every end row scales one sum per real lane and time
+                stats[GROUP_SUMS] += end_rows.size * su * tn * n_scale  # every end row scales one sum per real lane and time
             for c in range(su):
                 for t in range(tn):
                     out[t0 + t, s0 + c] = acc[t + c, c]
@@ -316,7 +388,7 @@ def _os_tables(scaled, live, alpha, ends_k, gidx, n0, nu, rows, width):
 
 @njit(cache=True)
 def os_fold(xports, wports, K, pu, nu, scaled, live, act, nact, wreg, nwreg, ps, acc, ends_prefix, queue, occ,
-            arrivals, rate, kind, lo, hi, wrap):
+            arrivals, rate, kind, lo, hi, wrap, scaled_neg=None):
     """The stream phase of one os fold: rows + cols + K - 2 cycles; PE (r, c) meets x[p0 + r, k] and
     w[n0 + c, k] at cycle k + r + c (xports[k + r, r] = x[p0 + r, k], wports[k + c, 1 + c] = w[n0 + c, k]).
 
@@ -326,7 +398,8 @@ def os_fold(xports, wports, K, pu, nu, scaled, live, act, nact, wreg, nwreg, ps,
     its accumulator (one clamp/wrap step) and restarts from 0; elsewhere its alpha and live are 0 and 1,
     which leaves the accumulator as it is. scaled / live (`_os_tables`): the PE at flat slot f reads
     [tau * width + f], so one cycle reads one contiguous block and the next cycle the block after it.
-    Returns (cycles, overflow events)."""
+    scaled_neg: alpha- laid out like scaled (two scales), or None. Returns (cycles, overflow events)."""
+    n_scale = _scale_count(scaled_neg)
     width = wports.shape[1]
     rows = act.size // width - 1
     cols = width - 1
@@ -345,14 +418,14 @@ def os_fold(xports, wports, K, pu, nu, scaled, live, act, nact, wreg, nwreg, ps,
             w = wreg[j + one + W]
             nwreg[j + one] = w
             s = ps[j + one] + a * w
-            v = acc[j + one] + s * scaled[T + j + one]
+            v = acc[j + one] + _group_product(s, scaled[T + j + one], scaled_neg, T + j + one)
             events += (v < lo) | (v > hi)
             acc[j + one] = _keep(v, lo, hi, wrap)
             ps[j + one] = s * live[T + j + one]
         if queue:                                 # column c's rows r < pu that ended k = tau - r - c
             for c in range(nu):
                 hi_k, lo_k = min(max(tau - c + 1, 0), K), min(max(tau - c - pu + 1, 0), K)
-                arrivals[c] = ends_prefix[hi_k] - ends_prefix[lo_k]
+                arrivals[c] = (ends_prefix[hi_k] - ends_prefix[lo_k]) * n_scale
             _enqueue(occ, arrivals, nu, rate, kind)
         act, nact = nact, act
         wreg, nwreg = nwreg, wreg
@@ -360,10 +433,12 @@ def os_fold(xports, wports, K, pu, nu, scaled, live, act, nact, wreg, nwreg, ps,
 
 
 @njit(cache=True)
-def run_os_gemm(x, w, ends_k, gidx, alpha, bias, rows, cols, paper, lo, hi, wrap, kind, rate, out, psum_proto):
+def run_os_gemm(x, w, ends_k, gidx, alpha, bias, rows, cols, paper, lo, hi, wrap, kind, rate, out, psum_proto,
+                alpha_neg=None):
     """os: x (P, K) on rows, w (N, K) on columns, K in time; out (P, N). `paper`: outputs drain down the
     columns, one row per cycle (rows cycles), else they are read out as SCALE-Sim 3.0.0 counts them (free).
-    Returns the counters as run_stream_gemm does (no load cycles, no T tiles)."""
+    Returns the counters as run_stream_gemm does (no load cycles, no T tiles). alpha_neg: as run_stream_gemm's."""
+    n_scale = _scale_count(alpha_neg)
     P, K = x.shape
     N = w.shape[0]
     stats = np.zeros(N_COUNTERS, np.int64)
@@ -378,6 +453,7 @@ def run_os_gemm(x, w, ends_k, gidx, alpha, bias, rows, cols, paper, lo, hi, wrap
     n_ends = ends_prefix[K]
     scaled = np.zeros((n_cycles + rows - 1) * width, alpha.dtype)
     live = np.zeros((n_cycles + rows - 1) * width, np.int8)
+    scaled_neg = _zeros_like_if(alpha_neg, scaled)
     act = np.zeros(n, x.dtype)
     nact = np.zeros(n, x.dtype)
     wreg = np.zeros(n, w.dtype)
@@ -389,6 +465,8 @@ def run_os_gemm(x, w, ends_k, gidx, alpha, bias, rows, cols, paper, lo, hi, wrap
     for n0 in range(0, N, cols):
         nu = min(cols, N - n0)
         _os_tables(scaled, live, alpha, ends_k, gidx, n0, nu, rows, width)
+        if alpha_neg is not None:
+            _os_tables(scaled_neg, live, alpha_neg, ends_k, gidx, n0, nu, rows, width)
         _skew_ports(wports, w, n0, nu, 0, K, 1)     # slot 0 of the weight port line is no column
         for p0 in range(0, P, rows):
             pu = min(rows, P - p0)
@@ -406,8 +484,8 @@ def run_os_gemm(x, w, ends_k, gidx, alpha, bias, rows, cols, paper, lo, hi, wrap
                     stats[OVERFLOW_EVENTS] += (b < lo) | (b > hi)
                     acc[(rows - 1 - r) * width + 1 + c] = _keep(b, lo, hi, wrap)
             stream, ev = os_fold(xports, wports, K, pu, nu, scaled, live, act, nact, wreg, nwreg, ps, acc,
-                                 ends_prefix, _may_stall(most, nu, rate, kind), occ, arrivals, rate, kind, lo, hi,
-                                 wrap)
+                                 ends_prefix, _may_stall(most * n_scale, nu, rate, kind), occ, arrivals, rate, kind,
+                                 lo, hi, wrap, scaled_neg)
             stall = _queue_drain(occ, rate) if kind != QUEUE_NONE else 0
             drain = 0
             if paper:                             # shift the accumulators out of the bottom row (line 0)
@@ -428,5 +506,5 @@ def run_os_gemm(x, w, ends_k, gidx, alpha, bias, rows, cols, paper, lo, hi, wrap
             stats[FIRST_TILE_OVERHEAD] += stream + drain - K
             stats[GROUP_STALL] += stall
             stats[OVERFLOW_EVENTS] += ev
-            stats[GROUP_SUMS] += pu * nu * n_ends            # every real PE scales each of its groups once
+            stats[GROUP_SUMS] += pu * nu * n_ends * n_scale  # every real PE scales each of its groups once (twice)
     return stats

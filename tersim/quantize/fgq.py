@@ -32,7 +32,7 @@ from tersim.quantize.activations import largest_frac
 
 Array = Union[np.ndarray, torch.Tensor]
 
-METHODS = ("exact", "twn", "twn_asym")
+METHODS = ("exact", "twn")
 TWN_FACTOR = 0.7  # TWN's threshold: delta = 0.7 * mean|w| (Li & Liu, 2016)
 INT8_QMAX = 127  # symmetric 8-bit weights: codes in [-127, 127]
 
@@ -158,21 +158,9 @@ def _solve_twn(groups: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor
     return keep, _masked_mean(a, keep)
 
 
-def _solve_twn_asym(groups: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """TWN with separate thresholds: 0.7 * mean of the positive w, 0.7 * mean |w| of the negative w."""
-    pos, neg = groups > 0, groups < 0
-    n_pos = pos.sum(-1).clamp(min=1).to(groups.dtype)
-    n_neg = neg.sum(-1).clamp(min=1).to(groups.dtype)
-    delta_p = TWN_FACTOR * groups.clamp(min=0).sum(-1) / n_pos
-    delta_n = TWN_FACTOR * (-groups).clamp(min=0).sum(-1) / n_neg
-    keep = (groups > delta_p[..., None]) | (groups < -delta_n[..., None])
-    return keep, _masked_mean(groups.abs(), keep)
-
-
 _SOLVERS: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
     "exact": _solve_exact,
     "twn": _solve_twn,
-    "twn_asym": _solve_twn_asym,
 }
 
 
@@ -188,8 +176,8 @@ def ternarize(weight: Array, group_size: int, method: str = "exact") -> tuple[Ar
             ``G = ceil(Cin / N)``, the last group may be shorter; ``N >= Cin`` means one group.
         method: ``"exact"`` minimises ||w_g - alpha_g t_g||^2 exactly (sort |w|, pick the best
             top-k support, alpha = mean of kept |w|); ``"twn"`` uses the threshold
-            0.7 * mean|w_g|; ``"twn_asym"`` uses 0.7 * mean of the positive and of the
-            negative weights separately. In every method alpha is the mean |w| over the support.
+            0.7 * mean|w_g|. In both methods alpha is the mean |w| over the support. (Two scales
+            per group and the kernel group layout: ``ternarize_variant``.)
 
     Returns:
         ``(codes, alpha)``: ``codes`` int8 in {-1, 0, 1} with the weight's shape;
@@ -386,3 +374,153 @@ def ste_int8_weights(weight: torch.Tensor) -> torch.Tensor:
         codes, alpha = quantize_int8_weights(weight.detach())
         wq = dequantize(codes, alpha, max(1, _as_conv(weight).shape[1])).to(weight.dtype)
     return straight_through(weight, wq)
+
+
+# ----------------------------------------------------------------------------- design-space variants
+# Group layout (tersim.quantize.layout) and two scales per group. Alpha shapes:
+#   channel layout: (Cout, kh, kw, G) one scale, (Cout, kh, kw, G, 2) two scales (linear: kh = kw = 1)
+#   kernel layout:  (Cout, Gk) one scale,        (Cout, Gk, 2) two scales, Gk = ceil(Cin_g * kh * kw / N)
+# With two scales [..., 0] is alpha+ (applied to the +1 codes) and [..., 1] alpha- (the -1 codes).
+
+def _solve_signed_part(v: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best support and scale for the values v > 0 of each group (last axis): the top-k of them with k
+    maximising (sum top-k)^2 / k, ties -> smallest k; no positive value -> empty support, scale 0."""
+    pos = (v > 0) & valid
+    a = torch.where(pos, v, torch.zeros_like(v))
+    n = a.shape[-1]
+    sorted_a, order = torch.sort(a, dim=-1, descending=True, stable=True)
+    csum = sorted_a.cumsum(-1)
+    ks = torch.arange(1, n + 1, dtype=a.dtype)
+    score = csum * ks.rsqrt()                      # S_k / sqrt(k): same argmax as S_k^2 / k, S_k >= 0
+    score = torch.where(sorted_a > 0, score, torch.full_like(score, -math.inf))
+    best = score.argmax(-1, keepdim=True)
+    any_pos = pos.any(-1, keepdim=True)
+    alpha = torch.where(any_pos, csum.gather(-1, best) / (best + 1).to(a.dtype), torch.zeros_like(csum[..., :1]))
+    keep_sorted = (torch.arange(n) <= best) & any_pos
+    keep = torch.empty_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    return keep, alpha.squeeze(-1)
+
+
+def _solve_two_scales_exact(groups: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact minimiser of ||w - (alpha+ [t = 1] - alpha- [t = -1])||^2 over t in {-1,0,1}^n, alpha+-, alpha- >= 0.
+
+    Why it is exact: for fixed codes, with P = {t = +1} and M = {t = -1}, the error is
+    ||w||^2 - 2 alpha+ S_P + |P| alpha+^2 + 2 alpha- S_M + |M| alpha-^2 (S = sum of w), minimised by
+    alpha+ = max(0, S_P / |P|), alpha- = max(0, -S_M / |M|), leaving ||w||^2 - f(P) - f(M) with
+    f(P) = max(0, S_P)^2 / |P| and f(M) = max(0, -S_M)^2 / |M|. The two terms share no variable, so P and M
+    can be optimised separately, except that they must be disjoint: but an optimal P holds only w > 0
+    (dropping a w_j <= 0 from P raises S_P and lowers |P|, so it raises f(P) or leaves it at 0) and an
+    optimal M only w < 0, so they never compete. For a fixed |P| = k, f(P) is largest when P is the k
+    largest positive weights; so the optimum is the best k over the sorted positive weights (and the same for
+    the negative ones), which is what `_solve_signed_part` computes. tests/test_fgq_variants.py checks
+    this against brute force over all 3^n codes.
+    """
+    keep_p, alpha_p = _solve_signed_part(groups, valid)
+    keep_m, alpha_m = _solve_signed_part(-groups, valid)
+    return keep_p, keep_m, torch.stack((alpha_p, alpha_m), dim=-1)
+
+
+def _solve_two_scales_twn(groups: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TWN's support (|w| > 0.7 * mean|w| over the group's real weights), one mean per sign as its scale."""
+    a = groups.abs() * valid
+    delta = TWN_FACTOR * a.sum(-1) / valid.sum(-1).clamp(min=1)
+    keep = (a > delta[..., None]) & valid
+    keep_p, keep_m = keep & (groups > 0), keep & (groups < 0)
+    return keep_p, keep_m, torch.stack((_masked_mean(a, keep_p), _masked_mean(a, keep_m)), dim=-1)
+
+
+_TWO_SCALE_SOLVERS = {"exact": _solve_two_scales_exact, "twn": _solve_two_scales_twn}
+
+
+def ternarize_variant(weight: Array, group_size: int, method: str = "exact", group_layout: str = "channel",
+                      scales: str = "one") -> tuple[Array, Array]:
+    """``ternarize`` with a group layout and one or two scales per group (alpha shapes: see above).
+
+    ``group_layout="kernel"`` groups N consecutive weights of the flattened (Cin, kh, kw) filter: it is
+    ``ternarize`` of the weight viewed as a (Cout, Cin * kh * kw) linear weight. ``scales="two"`` gives each
+    group alpha+ for its +1 codes and alpha- for its -1 codes, solved exactly (`_solve_two_scales_exact`)
+    or with TWN's threshold (``method="twn"``). channel + one is exactly ``ternarize``.
+    """
+    from tersim.quantize.layout import check_layout, scale_count
+
+    check_layout(group_layout)
+    two = scale_count(scales) == 2
+    if group_layout == "channel" and not two:
+        return ternarize(weight, group_size, method)
+    w, from_numpy = _to_torch(weight)
+    n = _check_group_size(group_size)
+    if method not in _SOLVERS:
+        raise ValueError(f"unknown ternarization method {method!r}; choose one of {METHODS}")
+    w4 = _as_conv(w)
+    cout, cin, kh, kw = w4.shape
+    wk = w4.reshape(cout, cin * kh * kw, 1, 1) if group_layout == "kernel" else w4
+    if not two:
+        codes, alpha = ternarize(wk, n, method)
+        return _out(codes.reshape(w.shape), alpha.reshape(cout, -1), from_numpy)
+    ck = wk.shape[1]
+    g_count = _num_groups(ck, min(n, ck)) if ck else 0
+    alpha_shape = (cout, g_count, 2) if group_layout == "kernel" else (cout, kh, kw, g_count, 2)
+    if w4.numel() == 0:
+        return _out(torch.zeros(w.shape, dtype=torch.int8), torch.zeros(alpha_shape, dtype=w.dtype), from_numpy)
+    if not bool(torch.isfinite(w4).all()):
+        raise ValueError("weight contains NaN or infinite values")
+    n_eff = min(n, ck)
+    groups = to_groups(wk.to(_compute_dtype(w.dtype)), n_eff)
+    valid = to_groups(torch.ones((1, ck, wk.shape[2], wk.shape[3]), dtype=torch.bool), n_eff)
+    keep_p, keep_m, alpha = _TWO_SCALE_SOLVERS[method](groups, valid)
+    codes = keep_p.to(torch.int8) - keep_m.to(torch.int8)
+    codes = from_groups(codes, ck).reshape(w.shape)
+    return _out(codes, alpha.to(w.dtype).reshape(alpha_shape).contiguous(), from_numpy)
+
+
+def per_weight_alpha(codes: Array, alpha: Array, group_size: int, group_layout: str = "channel",
+                     scales: str = "one") -> Array:
+    """The scale each weight is multiplied by (the codes' shape; 0 where the code is 0 is not implied):
+    its group's alpha, or with two scales alpha+ / alpha- by the sign of its code."""
+    from tersim.quantize.layout import groups_per_filter, k_group_index, k_order, scale_count
+
+    from_numpy = not isinstance(codes, torch.Tensor)
+    c = _as_tensor(codes)
+    a = _as_tensor(alpha)
+    if not a.is_floating_point():
+        a = a.to(torch.float64 if from_numpy else torch.float32)
+    c4 = _as_conv(c)
+    cout, cin, kh, kw = c4.shape
+    s = scale_count(scales)
+    n = _check_group_size(group_size)
+    n_groups = groups_per_filter(cin, kh, kw, n, group_layout) if cin else 0
+    if a.numel() != cout * n_groups * s:
+        raise ValueError(f"alpha shape {tuple(a.shape)} does not match codes {tuple(c.shape)} with group_size {n}, "
+                         f"{group_layout} layout and {scales} scale(s)")
+    af = a.reshape(cout, n_groups, s)
+    per_k = af[:, torch.from_numpy(k_group_index(cin, kh, kw, n, group_layout))]      # (Cout, K, s)
+    per_flat = torch.empty_like(per_k)
+    per_flat[:, torch.from_numpy(k_order(cin, kh, kw, group_layout))] = per_k        # filter (c, ky, kx) order
+    per_flat = per_flat.reshape(cout, cin, kh, kw, s)
+    if s == 2:
+        out = torch.where(c4 < 0, per_flat[..., 1], per_flat[..., 0])
+    else:
+        out = per_flat[..., 0]
+    out = out.reshape(c.shape)
+    return out.numpy() if from_numpy else out
+
+
+def dequantize_variant(codes: Array, alpha: Array, group_size: int, group_layout: str = "channel",
+                       scales: str = "one") -> Array:
+    """``dequantize`` for any group layout and scale count: each code times its own scale."""
+    a = per_weight_alpha(codes, alpha, group_size, group_layout, scales)
+    c = _as_tensor(codes)
+    w = c.to(_as_tensor(a).dtype) * _as_tensor(a)
+    return w.numpy() if not isinstance(codes, torch.Tensor) else w
+
+
+def weight_stats_variant(weight: Array, codes: Array, alpha: Array, group_size: int, group_layout: str = "channel",
+                         scales: str = "one") -> dict[str, float]:
+    """``weight_stats`` for any group layout and scale count."""
+    w, c = _as_tensor(weight).double(), _as_tensor(codes)
+    wq = _as_tensor(dequantize_variant(c, _as_tensor(alpha).double(), group_size, group_layout, scales))
+    sparsity = float((c == 0).double().mean()) if c.numel() else 0.0
+    err = float(torch.linalg.vector_norm(w - wq))
+    ref = float(torch.linalg.vector_norm(w))
+    rel = 0.0 if err == 0.0 else (err / ref if ref > 0 else math.inf)
+    return {"sparsity": sparsity, "rel_error": rel}

@@ -6,7 +6,7 @@ which format each tensor gets and packs the integer parameters the engine consum
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -14,7 +14,9 @@ from tersim.config import Accelerator
 from tersim.frontend.float_exec import execute_float
 from tersim.frontend.ir import Graph, Node
 from tersim.quantize.activations import act_frac, act_range
-from tersim.quantize.fgq import fixed_point_alpha, quantize_int8_weights, ternarize, weight_stats
+from tersim.quantize.fgq import (dequantize_variant, fixed_point_alpha, quantize_int8_weights, ternarize_variant,
+                                 weight_stats_variant)
+from tersim.quantize.layout import scale_count
 
 INPUT_BITS = 8  # the network input and output are always 8-bit (policy, see README)
 FUSABLE_INTO = ("conv2d", "linear", "add")
@@ -60,6 +62,8 @@ class QuantizedLayer:
     alpha_frac: int | None = None
     bias_q: np.ndarray | None = None   # int64 (Cout,)
     shift: int | None = None           # in_frac + alpha_frac - out_frac
+    group_layout: str = "channel"      # tersim.quantize.layout (int8 layers: always channel, one scale)
+    scales: int = 1                    # multiplies per group (alpha_q gets a trailing axis of 2 with two)
     stats: dict[str, float] = field(default_factory=dict)
 
 
@@ -73,6 +77,10 @@ class QuantizedGraph:
     acc_bits: int
     saturate: bool
     method: str
+    group_layout: str = "channel"
+    scales: str = "one"
+    correction: str = "none"
+    calibration_split: str | None = None   # where bn_reestimate's statistics came from (None: not used)
 
     @property
     def input_format(self) -> ActFormat:
@@ -118,20 +126,28 @@ def _int8_layer_names(graph: Graph, first_last: str) -> set[str]:
     return {weighted[0].name, weighted[-1].name}
 
 
-def _quantize_weights(node: Node, group_size: int, method: str, scale_bits: int, int8: bool) -> dict:
-    cin_per_group = node.weight.shape[1]
+def _quantize_weights(node: Node, group_size: int, method: str, scale_bits: int, int8: bool,
+                      group_layout: str = "channel", scales: str = "one", weight: np.ndarray | None = None) -> dict:
+    """Codes, float and fixed-point alphas of one layer; `weight` (default node.weight) is what gets quantized
+    (a correction may have equalized it), stats always compare with node.weight's own quantization."""
+    weight = node.weight if weight is None else weight
+    cin_per_group = weight.shape[1]
     if int8:
-        codes, alpha = quantize_int8_weights(node.weight)
-        kind, n_eff = "int8", cin_per_group
+        codes, alpha = quantize_int8_weights(weight)
+        kind, n_eff, group_layout, scales = "int8", cin_per_group, "channel", "one"
     else:
-        codes, alpha = ternarize(node.weight, group_size, method)
-        kind, n_eff = "ternary", min(group_size, cin_per_group)
+        kind = "ternary"
+        k_per_filter = cin_per_group * (int(np.prod(weight.shape[2:])) if group_layout == "kernel" else 1)
+        n_eff = min(group_size, k_per_filter)
+        codes, alpha = ternarize_variant(weight, n_eff, method, group_layout, scales)
     alpha_q, alpha_frac = fixed_point_alpha(alpha, scale_bits)
-    stats = weight_stats(node.weight, codes, alpha, n_eff)
+    stats = weight_stats_variant(weight, codes, alpha, n_eff, group_layout, scales)
+    n_scales = scale_count(scales)
     if node.op == "linear":
-        alpha_q = alpha_q.reshape(alpha_q.shape[0], -1)  # (out, G)
+        alpha_q = alpha_q.reshape(alpha_q.shape[0], -1, *((2,) if n_scales == 2 else ()))  # (out, G[, 2])
     return dict(weight_kind=kind, group_size=n_eff, codes=codes, alpha=alpha, alpha_q=alpha_q,
-                alpha_frac=alpha_frac, stats={k: float(v) for k, v in stats.items()})
+                alpha_frac=alpha_frac, group_layout=group_layout if node.op == "conv2d" else "channel",
+                scales=n_scales, stats={k: float(v) for k, v in stats.items()})
 
 
 CALIBRATION_BATCH = 32   # samples per calibration batch (run, sweep and finetune calibrate alike)
@@ -144,17 +160,24 @@ def calibration_batches(x: np.ndarray, hw: Accelerator) -> list[np.ndarray]:
     return [x[i:i + CALIBRATION_BATCH] for i in range(0, min(len(x), count * CALIBRATION_BATCH), CALIBRATION_BATCH)]
 
 
-def quantize_weights(graph: Graph, hw: Accelerator) -> dict[str, dict]:
+def quantize_weights(graph: Graph, hw: Accelerator, calib: np.ndarray | None = None) -> dict[str, dict]:
     """Integer weights and fixed-point alphas of every conv/linear node, by node name.
 
-    They depend on N, the method, first_last and scale_bits (all read from `hw`) but not on act_bits or the
-    data, so a sweep computes them once per N and hands them to `quantize_graph(weights=...)` for every act_bits.
+    They depend on N, the method, first_last, scale_bits and hw.quantization (group_layout, scales,
+    correction), all read from `hw`, but not on act_bits, so a sweep computes them once per N and hands them
+    to `quantize_graph(weights=...)` for every act_bits. A correction (tersim.quantize.correction) may add a
+    corrected float 'bias' to a layer's entry; `calib` holds the unlabelled inputs bn_reestimate needs.
     """
+    from tersim.quantize.correction import apply_correction, equalized_weights
+
     q = hw.quantization
     int8_layers = _int8_layer_names(graph, q.first_last)
-    return {node.name: _quantize_weights(node, hw.group_scaling.group_size, q.method, hw.group_scaling.scale_bits,
-                                         node.name in int8_layers)
-            for node in graph.weighted()}
+    equalized = equalized_weights(graph) if q.correction == "equalize_bias_correction" else {}
+    weights = {node.name: _quantize_weights(node, hw.group_scaling.group_size, q.method, hw.group_scaling.scale_bits,
+                                            node.name in int8_layers, q.group_layout, q.scales,
+                                            equalized.get(node.name, (None, None))[0])
+               for node in graph.weighted()}
+    return apply_correction(graph, weights, q.correction, equalized, calib, hw.group_scaling.scale_bits)
 
 
 def quantize_graph(
@@ -164,22 +187,27 @@ def quantize_graph(
     weights: dict[str, dict] | None = None,
     *,
     act_bits: int | None = None,
+    calib: np.ndarray | None = None,
+    calibration_split: str | None = None,
 ) -> QuantizedGraph:
     """Ternarize every weighted layer with FGQ and give every tensor a DFP format.
 
     Everything comes from the hardware config (group_scaling.group_size, pe.act_bits, quantization.method,
-    quantization.first_last, ...): fold run options into it first (`RunOptions.apply`). `weights`, from
-    `quantize_weights` with the same graph and quantization settings, skips re-ternarizing. `act_bits`
-    is only for fine-tuning stages that calibrate formats at widths the hardware does not have
-    (default: hw.pe.act_bits).
+    quantization.first_last, group_layout, scales, correction, ...): fold run options into it first
+    (`RunOptions.apply`). `weights`, from `quantize_weights` with the same graph and quantization settings,
+    skips re-ternarizing. `act_bits` is only for fine-tuning stages that calibrate formats at widths the
+    hardware does not have (default: hw.pe.act_bits). `calib`: the unlabelled inputs bn_reestimate needs.
+    With a correction the activation formats are calibrated on the corrected network (dequantized weights,
+    corrected biases), which is what the integer datapath approximates; without one on the FP32 network.
     """
     group_size, act_bits = hw.group_scaling.group_size, act_bits or hw.pe.act_bits
     method = hw.quantization.method
     scale_bits = hw.group_scaling.scale_bits
     if weights is None:
-        weights = quantize_weights(graph, hw)
+        weights = quantize_weights(graph, hw, calib)
 
-    max_abs = calibrate_max_abs(graph, calibration)
+    corrected = hw.quantization.correction != "none"
+    max_abs = calibrate_max_abs(corrected_graph(graph, weights) if corrected else graph, calibration)
     fusions = _activation_fusions(graph)
     fused_activations = set(fusions.values())
     layers: dict[str, QuantizedLayer] = {}
@@ -214,16 +242,36 @@ def quantize_graph(
         if node.op in ("conv2d", "linear"):
             q = weights[node.name]
             in_frac = ins[0].frac
-            bias = node.bias if node.bias is not None else np.zeros(node.weight.shape[0])
+            bias = q.get("bias", node.bias)
+            bias = bias if bias is not None else np.zeros(node.weight.shape[0])
             layer.bias_q = np.rint(bias.astype(np.float64) * 2.0 ** (in_frac + q["alpha_frac"])).astype(np.int64)
             layer.shift = in_frac + q["alpha_frac"] - out.frac
             for key, value in q.items():
-                setattr(layer, key, value)
+                if key != "bias":
+                    setattr(layer, key, value)
         layers[node.name] = layer
     return QuantizedGraph(
         graph=graph, layers=layers, group_size=group_size, act_bits=act_bits, scale_bits=scale_bits,
         acc_bits=hw.accumulator.bits, saturate=hw.accumulator.overflow == "saturate", method=method,
+        group_layout=hw.quantization.group_layout, scales=hw.quantization.scales,
+        correction=hw.quantization.correction,
+        calibration_split=calibration_split if hw.quantization.correction == "bn_reestimate" else None,
     )
+
+
+def corrected_graph(graph: Graph, weights: dict[str, dict]) -> Graph:
+    """The float network the integer datapath approximates: every weighted node's weight dequantized from its
+    codes and alphas, its bias the corrected one when a correction set it."""
+    nodes = []
+    for node in graph.nodes:
+        q = weights.get(node.name)
+        if q is not None:
+            w = dequantize_variant(q["codes"], q["alpha"], q["group_size"], q["group_layout"],
+                                   "two" if q["scales"] == 2 else "one")
+            node = replace(node, weight=np.asarray(w, np.float32).reshape(node.weight.shape),
+                           bias=q.get("bias", node.bias))
+        nodes.append(node)
+    return Graph(graph.name, nodes, graph.output)
 
 
 def _non_negative(activation: Node) -> bool:

@@ -85,9 +85,10 @@ def accuracy_speedup_vs_group_size(points: pd.DataFrame):
         if "speedup_equal_area" in s:
             ax.plot(s.group_size, s.speedup_equal_area, marker="s", ls=":", color=line.get_color(),
                     label=f"{name} (equal area)")
-    if "paper_projection" in points:
+    if "projected_speedup_formula" in points:
         proj = points.drop_duplicates("group_size").sort_values("group_size")
-        ax.plot(proj.group_size, proj.paper_projection, color="k", ls="--", lw=1, label="paper projection")
+        ax.plot(proj.group_size, proj.projected_speedup_formula, color="k", ls="--", lw=1,
+                label="projected speedup formula (reconstruction)")
     ax.set_yscale("log")
     ax.set_ylabel("speedup over FP32")
     _group_size_axis(ax, points)

@@ -42,7 +42,8 @@ def _fmt(key: str, value: object) -> str:
 # The headline columns of a sweep's points (terminal table, HTML summary); --set columns go after "hw".
 SWEEP_HEADLINE = ("model", "hw", "group_size", "act_bits", "accuracy_fp32", "accuracy_quant", "top1_agreement",
                   "weight_rel_error", "weight_sparsity", "mults_eliminated", "ternary_cycles", "ternary_latency_s",
-                  "speedup_equal_pe", "speedup_equal_area", "paper_projection", "ternary_energy_pj", "energy_ratio")
+                  "speedup_equal_pe", "speedup_equal_area", "projected_speedup_formula",
+                  "projected_speedup_at_measured", "ternary_energy_pj", "energy_ratio")
 
 
 def sweep_headline(points: pd.DataFrame) -> pd.DataFrame:

@@ -80,8 +80,9 @@ def run_sweep(
     if timing_only:
         options = options.replace(limit=None)
 
+    calib = None if options.calib is None else load_inputs(options.calib, graph.input_shape)
     tasks = plan_tasks(hw_points, group_sizes, act_bits, options, graph_digest(graph), data_digest(dataset),
-                       timing_only)
+                       timing_only, data_digest(calib))
     return _collect(tasks, graph, dataset, PointCache(cache_dir), progress, jobs, workers, dask,
                     [path for path in (overrides or {})])
 

@@ -59,7 +59,7 @@ def _timing_only(graph: Graph, points: Sequence[Point]) -> list:
     N (and alpha width, quantization options), the quantized graph built once per quantization key;
     activation formats come from one synthetic sample (timing does not depend on them)."""
     from tersim.data import synthetic_inputs
-    from tersim.pipeline import tabulate
+    from tersim.pipeline import calibration_inputs, tabulate
     from tersim.quantize.graph import quantize_graph, quantize_weights
 
     calibration = [synthetic_inputs(graph.input_shape, 1)]
@@ -70,7 +70,8 @@ def _timing_only(graph: Graph, points: Sequence[Point]) -> list:
         hw = p.options.apply(p.hw)
         wkey, qkey = quantization_key(hw, with_act_bits=False), quantization_key(hw)
         if wkey not in weights:
-            weights[wkey] = quantize_weights(graph, hw)
+            calib = calibration_inputs(hw, graph, p.options.calib, np.zeros((0,)), None)[0]  # bn_reestimate only
+            weights[wkey] = quantize_weights(graph, hw, calib)
         if qkey not in quantized:
             qgraph = quantize_graph(graph, calibration, hw, weights=weights[wkey])
             quantized[qkey] = (qgraph, _layer_shapes(graph, qgraph))

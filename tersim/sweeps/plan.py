@@ -122,16 +122,21 @@ def data_digest(data: tuple[np.ndarray, np.ndarray | None] | None) -> str | None
     return h.hexdigest()
 
 
-def point_key(graph_hash: str, data_hash: str | None, hw: Accelerator, options: RunOptions, timing_only: bool) -> str:
-    """Cache key: everything a point's result depends on (`hw` with the options folded in), and the version."""
+def point_key(graph_hash: str, data_hash: str | None, hw: Accelerator, options: RunOptions, timing_only: bool,
+              calib_hash: str | None = None) -> str:
+    """Cache key: everything a point's result depends on (`hw` with the options folded in, the calibration
+    data's content when the point's correction uses it), and the version."""
+    uses_calib = hw.quantization.correction == "bn_reestimate"
     payload = {"graph": graph_hash, "data": None if timing_only else data_hash,
+               "calib": calib_hash if uses_calib else None,
                "hw": hw.model_dump(mode="json"), "limit": None if timing_only else options.limit,
                "timing": options.timing, "timing_only": timing_only, "version": __version__}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def plan_tasks(hw_points: list[tuple[Combo, Accelerator]], group_sizes: Sequence[int], act_bits: Sequence[int],
-               options: RunOptions, graph_hash: str, data_hash: str | None, timing_only: bool) -> list[Task]:
+               options: RunOptions, graph_hash: str, data_hash: str | None, timing_only: bool,
+               calib_hash: str | None = None) -> list[Task]:
     """Every (hardware point, N, act_bits) point with its cache key, grouped into units of work by the work
     they share: executed, the points of one `quantization_key` (one quantization and execution, the timing per
     point); timing-only, those of one key without act_bits (weights ternarized once, the graph once per key)."""
@@ -142,7 +147,7 @@ def plan_tasks(hw_points: list[tuple[Combo, Accelerator]], group_sizes: Sequence
             for bits in act_bits:
                 point_options = options.replace(group_size=n, act_bits=bits, data=None)
                 hw_point = point_options.apply(hw_combo)
-                key = point_key(graph_hash, data_hash, hw_point, point_options, timing_only)
+                key = point_key(graph_hash, data_hash, hw_point, point_options, timing_only, calib_hash)
                 shared.setdefault(quantization_key(hw_point, with_act_bits=not timing_only), []).append(
                     Point(n, bits, combo, hw_combo, point_options, key, order))
                 order += 1

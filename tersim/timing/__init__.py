@@ -4,6 +4,6 @@ See docs/TIMING.md for the model. `scalesim_bridge` (SCALE-Sim cross-check) is i
 """
 from tersim.timing.analytic import LayerTiming, baseline_layer_timing, layer_timing
 from tersim.timing.shapes import LayerShape
-from tersim.timing.summary import model_summary, paper_projection
+from tersim.timing.summary import model_summary, projected_speedup_formula
 
-__all__ = ["LayerShape", "LayerTiming", "baseline_layer_timing", "layer_timing", "model_summary", "paper_projection"]
+__all__ = ["LayerShape", "LayerTiming", "baseline_layer_timing", "layer_timing", "model_summary", "projected_speedup_formula"]

@@ -233,7 +233,7 @@ def ternary_timing(shape: LayerShape, hw: Accelerator, cycles: ArrayCycles | Non
     per_scale = mult_pj(energy, scale_bits, scaled_bits) + add_pj(energy, acc_bits)
     compute_pj = nonzero_macs * per_mac + cycles.group_mults * per_scale
 
-    multipliers = rows * cols if hw.group_scaling.placement == "per_pe" else hw.group_scaling.multipliers
+    multipliers = rows * cols * shape.scales if hw.group_scaling.placement == "per_pe" else hw.group_scaling.multipliers
     return _finish(shape, "ternary", rows, cols, df, hw.memory, cycles.compute, cycles.group_stall,
                    cycles.tile_reload, traffic, active, cycles.group_mults, multipliers, energy, compute_pj)
 

@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 
 from tersim.config import Accelerator
+from tersim.quantize.layout import k_group_index
 from tersim.timing.shapes import LayerShape
 
 OsFormula = Literal["scalesim", "paper"]
@@ -127,18 +128,19 @@ def fold_sizes(total: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def group_index(shape: LayerShape, kept: np.ndarray | None = None) -> np.ndarray:
     """The FGQ group (alpha column) of every position in the stepped K order (all of K, or the `kept` indices
-    with skip). K runs (ky, kx) outer, input channel inner; groups are runs of `group_size` channels
-    restarting at every kernel position (int8 layers: one group per kernel position, the numerics
-    contract's datapath). The one place that says which K index belongs to which group."""
-    k = np.arange(shape.gemm_k, dtype=np.int64) if kept is None else np.asarray(kept, dtype=np.int64)
-    cin = shape.cin_per_group
-    return (k // cin) * shape.scale_groups_per_kpos + (k % cin) // shape.group_size
+    with skip). Groups and the K order come from the layer's group layout (tersim.quantize.layout; channel:
+    K runs (ky, kx) outer, input channel inner, groups are runs of `group_size` channels restarting at every
+    kernel position, int8 layers one group per kernel position; kernel: runs of `group_size` of the flattened
+    filter). The one place that says which K index belongs to which group."""
+    seg = k_group_index(shape.cin_per_group, shape.kernel_h, shape.kernel_w, shape.group_size, shape.group_layout)
+    return seg if kept is None else seg[np.asarray(kept, dtype=np.int64)]
 
 
 def group_ends(shape: LayerShape, kept: np.ndarray | None = None) -> np.ndarray:
     """Positions in the stepped K order (all of K, or the `kept` indices with skip) whose PE completes an
     FGQ group: there the group's exact partial sum leaves the adder chain for a group-scaling multiplier.
-    A group whose indices were all dropped by skip is gone with its multiply (its sum would be 0)."""
+    A group whose indices were all dropped by skip is gone with its multiply (its sum would be 0). With two
+    scales every end sends two products."""
     seg = group_index(shape, kept)
     return np.flatnonzero(np.append(seg[1:] != seg[:-1], True))
 
@@ -211,7 +213,7 @@ def group_scale(shape: LayerShape, hw: Accelerator, t_tile: int, classes: list[F
     multiply and the accumulation order stays the numerics contract's. The partial sums queue in a FIFO
     per column (per_column: multipliers/cols each) or one FIFO (shared); the fold ends when the array
     is done and the FIFO is empty (`_fold_stall`). per_pe never stalls: a PE finishes at most one group
-    per cycle. Arrivals of one fold, stream cycle 0 = first streamed element at row 0:
+    per cycle (two scales: per_pe means two multipliers per PE, counted in the area). Arrivals of one fold, stream cycle 0 = first streamed element at row 0:
       ws/is (K on rows): group end at row e of the window: one sum per cycle in [e + c, e + c + T_tile)
                          in column c (T_tile = the P tile (ws) / N tile (is) the fold streams);
       os (K in time):    PE (r, c) ends group e at cycle e + r + c (one item).
@@ -237,14 +239,14 @@ _GROUP_SCALE_MEMO: dict[tuple, tuple[int, int]] = {}
 def _group_scale(rows: int, cols: int, df: Dataflow, placement: str, multipliers: int, sr: int, t: int,
                  t_tile: int, classes: list[FoldClass]) -> tuple[int, int]:
     outputs_per_column = sr if df is Dataflow.OS else t          # os: pixels on rows; ws/is: the streamed dimension
-    mults = sum(fc.ends.size * fc.cols_used * outputs_per_column * fc.count for fc in classes)
+    mults = sum(fc.ends.size * fc.cols_used * outputs_per_column * fc.count for fc in classes) * shape.scales
     if placement == "per_pe":
         return int(mults), 0
     per_column = placement == "per_column"
     rate = multipliers // cols if per_column else multipliers
     stall = 0
     for fc in classes:
-        ends, cu = fc.ends, fc.cols_used
+        ends, cu = np.repeat(fc.ends, shape.scales), fc.cols_used    # two scales: two items per group end
         if df is Dataflow.OS:
             last = fc.k + rows + cols - 3
             for ru, rc in zip(*fold_sizes(sr, rows)):

@@ -23,6 +23,8 @@ from typing import Literal
 
 import numpy as np
 
+from tersim.quantize.layout import GROUP_LAYOUTS, groups_per_filter, k_order
+
 WeightKind = Literal["ternary", "int8"]
 
 
@@ -46,6 +48,8 @@ class LayerShape:
     weight_kind: WeightKind = "ternary"
     group_size: int = 4            # FGQ N: weights per alpha along the input channels (int8 layers: Cin/groups)
     zero_fraction: float = 0.0     # fraction of zero weight codes (energy: zero weights are gated)
+    group_layout: str = "channel"  # tersim.quantize.layout: the K order and where groups end (int8: channel)
+    scales: int = 1                # multiplies per group: 1, or 2 (alpha+ and alpha-)
     # Which weights are non-zero: bool (out_channels, gemm_k), K in GEMM order (ky, kx, channel). Lets
     # `zero_weights: skip` find the K indices a column fold can drop; None (no weights known): nothing.
     nonzero: np.ndarray | None = field(default=None, compare=False, repr=False)
@@ -64,6 +68,11 @@ class LayerShape:
         if self.weight_kind not in ("ternary", "int8"):
             raise ValueError(f"LayerShape {self.name!r}: weight_kind must be 'ternary' or 'int8', "
                              f"got {self.weight_kind!r}")
+        if self.group_layout not in GROUP_LAYOUTS:
+            raise ValueError(f"LayerShape {self.name!r}: group_layout must be one of {GROUP_LAYOUTS}, "
+                             f"got {self.group_layout!r}")
+        if self.scales not in (1, 2):
+            raise ValueError(f"LayerShape {self.name!r}: scales must be 1 or 2, got {self.scales!r}")
         if not 0.0 <= self.zero_fraction <= 1.0:
             raise ValueError(f"LayerShape {self.name!r}: zero_fraction must be in [0, 1], got {self.zero_fraction}")
         if self.nonzero is not None:
@@ -74,12 +83,14 @@ class LayerShape:
             object.__setattr__(self, "nonzero", mask)
 
     @staticmethod
-    def nonzero_of(weights: np.ndarray) -> np.ndarray:
-        """The `nonzero` mask of conv weights (Cout, Cin/groups, kh, kw) or linear weights (Cout, Cin)."""
+    def nonzero_of(weights: np.ndarray, group_layout: str = "channel") -> np.ndarray:
+        """The `nonzero` mask of conv weights (Cout, Cin/groups, kh, kw) or linear weights (Cout, Cin), K in the
+        layout's order."""
         w = np.asarray(weights)
-        if w.ndim == 4:
-            w = w.transpose(0, 2, 3, 1)
-        return (w != 0).reshape(w.shape[0], -1)
+        if w.ndim == 2:
+            w = w[:, :, None, None]
+        mask = (w != 0).reshape(w.shape[0], -1)
+        return mask[:, k_order(w.shape[1], w.shape[2], w.shape[3], group_layout)]
 
     @classmethod
     def linear(cls, name: str, in_features: int, out_features: int, *, batch: int = 1, **kwargs) -> "LayerShape":
@@ -132,8 +143,9 @@ class LayerShape:
 
     @property
     def scale_segments(self) -> int:
-        """Group multiplies per output value: kh * kw * G (int8 layers: one per kernel position)."""
-        return self.kernel_h * self.kernel_w * self.scale_groups_per_kpos
+        """Alpha groups per output value: kh * kw * G (int8 layers: one per kernel position; kernel layout:
+        ceil(K / N)); each takes `scales` multiplies."""
+        return groups_per_filter(self.cin_per_group, self.kernel_h, self.kernel_w, self.group_size, self.group_layout)
 
     @property
     def num_weights(self) -> int:
@@ -144,7 +156,7 @@ class LayerShape:
         """Stored scales: one per (Cout, ky, kx, group) for ternary, one per output channel for int8."""
         if self.weight_kind == "int8":
             return self.out_channels
-        return self.out_channels * self.kernel_h * self.kernel_w * self.scale_groups_per_kpos
+        return self.out_channels * self.scale_segments * self.scales
 
     @property
     def input_elements(self) -> int:
