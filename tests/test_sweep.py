@@ -96,6 +96,14 @@ def test_cache_key_follows_the_content(graph, data):
     assert key != key_of(g, d, hw, options.replace(method="twn"))
     assert key != key_of(g, d, hw, options.replace(timing="engine"))
     assert key == key_of(g, d, hw, options.replace(batch_size=3))   # batching does not change a result
+    for variant in (dict(group_layout="kernel"), dict(scales="two"), dict(correction="bias_correction")):
+        assert key != key_of(g, d, hw, options.replace(**variant)), variant
+    # the calibration data's content counts only for the points whose correction uses it (bn_reestimate)
+    calib_a, calib_b = sweeps.data_digest((data[0][:8], None)), sweeps.data_digest((data[0][8:16], None))
+    bn = options.replace(correction="bn_reestimate")
+    assert sweeps.point_key(g, d, bn.apply(hw), bn, False, calib_a) != \
+        sweeps.point_key(g, d, bn.apply(hw), bn, False, calib_b)
+    assert sweeps.point_key(g, d, options.apply(hw), options, False, calib_a) == key
 
 
 def _ctrl_c_on_call(monkeypatch, n: int) -> list:
