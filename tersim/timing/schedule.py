@@ -213,7 +213,8 @@ def group_scale(shape: LayerShape, hw: Accelerator, t_tile: int, classes: list[F
     multiply and the accumulation order stays the numerics contract's. The partial sums queue in a FIFO
     per column (per_column: multipliers/cols each) or one FIFO (shared); the fold ends when the array
     is done and the FIFO is empty (`_fold_stall`). per_pe never stalls: a PE finishes at most one group
-    per cycle (two scales: per_pe means two multipliers per PE, counted in the area). Arrivals of one fold, stream cycle 0 = first streamed element at row 0:
+    per cycle (two scales: per_pe means two multipliers per PE, counted in the area; every group end sends
+    two products). Arrivals of one fold, stream cycle 0 = first streamed element at row 0:
       ws/is (K on rows): group end at row e of the window: one sum per cycle in [e + c, e + c + T_tile)
                          in column c (T_tile = the P tile (ws) / N tile (is) the fold streams);
       os (K in time):    PE (r, c) ends group e at cycle e + r + c (one item).
@@ -223,12 +224,13 @@ def group_scale(shape: LayerShape, hw: Accelerator, t_tile: int, classes: list[F
     placement, multipliers = hw.group_scaling.placement, hw.group_scaling.multipliers
     sr, _, t = gemm_dims(shape.gemm_k, shape.gemm_n, shape.gemm_p, df)
     # A network repeats layer shapes (and a sweep repeats them per point): the result is a function of these.
-    key = (rows, cols, df, placement, multipliers, sr, t, t_tile,
+    key = (rows, cols, df, placement, multipliers, sr, t, t_tile, shape.scales,
            tuple((fc.ends.dtype.str, fc.ends.tobytes(), fc.k, fc.cols_used, fc.count) for fc in classes))
     if key not in _GROUP_SCALE_MEMO:
         if len(_GROUP_SCALE_MEMO) >= GROUP_SCALE_MEMO_SIZE:
             _GROUP_SCALE_MEMO.clear()
-        _GROUP_SCALE_MEMO[key] = _group_scale(rows, cols, df, placement, multipliers, sr, t, t_tile, classes)
+        _GROUP_SCALE_MEMO[key] = _group_scale(rows, cols, df, placement, multipliers, sr, t, t_tile, shape.scales,
+                                                  classes)
     return _GROUP_SCALE_MEMO[key]
 
 
@@ -237,16 +239,16 @@ _GROUP_SCALE_MEMO: dict[tuple, tuple[int, int]] = {}
 
 
 def _group_scale(rows: int, cols: int, df: Dataflow, placement: str, multipliers: int, sr: int, t: int,
-                 t_tile: int, classes: list[FoldClass]) -> tuple[int, int]:
+                 t_tile: int, scales: int, classes: list[FoldClass]) -> tuple[int, int]:
     outputs_per_column = sr if df is Dataflow.OS else t          # os: pixels on rows; ws/is: the streamed dimension
-    mults = sum(fc.ends.size * fc.cols_used * outputs_per_column * fc.count for fc in classes) * shape.scales
+    mults = sum(fc.ends.size * fc.cols_used * outputs_per_column * fc.count for fc in classes) * scales
     if placement == "per_pe":
         return int(mults), 0
     per_column = placement == "per_column"
     rate = multipliers // cols if per_column else multipliers
     stall = 0
     for fc in classes:
-        ends, cu = np.repeat(fc.ends, shape.scales), fc.cols_used    # two scales: two items per group end
+        ends, cu = np.repeat(fc.ends, scales), fc.cols_used    # two scales: two items per group end
         if df is Dataflow.OS:
             last = fc.k + rows + cols - 3
             for ru, rc in zip(*fold_sizes(sr, rows)):
