@@ -166,6 +166,15 @@ _SOLVERS: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, t
 
 # ----------------------------------------------------------------------------- public API
 
+def _checked_inputs(weight: Array, group_size: int, method: str) -> tuple[torch.Tensor, bool, int, torch.Tensor]:
+    """The inputs every ternarizer checks the same way: (torch weight, came from numpy, N, weight as a conv)."""
+    w, from_numpy = _to_torch(weight)
+    n = _check_group_size(group_size)
+    if method not in _SOLVERS:
+        raise ValueError(f"unknown ternarization method {method!r}; choose one of {METHODS}")
+    return w, from_numpy, n, _as_conv(w)
+
+
 def ternarize(weight: Array, group_size: int, method: str = "exact") -> tuple[Array, Array]:
     """Ternarize a conv/linear weight with FGQ: each group of N input channels -> alpha_g * t_g.
 
@@ -196,11 +205,7 @@ def ternarize(weight: Array, group_size: int, method: str = "exact") -> tuple[Ar
         >>> dequantize(codes, alpha, group_size=4)
         array([[ 1., -1.,  0.,  0.,  2.,  0.]])
     """
-    w, from_numpy = _to_torch(weight)
-    n = _check_group_size(group_size)
-    if method not in _SOLVERS:
-        raise ValueError(f"unknown ternarization method {method!r}; choose one of {METHODS}")
-    w4 = _as_conv(w)
+    w, from_numpy, n, w4 = _checked_inputs(weight, group_size, method)
     cout, cin, kh, kw = w4.shape
     if w4.numel() == 0:
         codes = torch.zeros(w.shape, dtype=torch.int8)
@@ -447,11 +452,7 @@ def ternarize_variant(weight: Array, group_size: int, method: str = "exact", gro
     two = scale_count(scales) == 2
     if group_layout == "channel" and not two:
         return ternarize(weight, group_size, method)
-    w, from_numpy = _to_torch(weight)
-    n = _check_group_size(group_size)
-    if method not in _SOLVERS:
-        raise ValueError(f"unknown ternarization method {method!r}; choose one of {METHODS}")
-    w4 = _as_conv(w)
+    w, from_numpy, n, w4 = _checked_inputs(weight, group_size, method)
     cout, cin, kh, kw = w4.shape
     wk = w4.reshape(cout, cin * kh * kw, 1, 1) if group_layout == "kernel" else w4
     if not two:
