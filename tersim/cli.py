@@ -1,5 +1,5 @@
 """Command line: `python -m tersim {run,verify,sweep} HW.yaml MODEL [options]`, `python -m tersim finetune MODEL`,
-`python -m tersim plot FILE...`, `python -m tersim export-zoo NAME -o FILE.pt2`.
+`python -m tersim plot FILE...`, `python -m tersim zoo`, `python -m tersim export-zoo NAME -o FILE.pt2`.
 
 Any TersimError (bad file, field, graph node) and any usage error becomes one line on stderr and exit code 2;
 Ctrl-C, even during start-up, one line and exit code 130.
@@ -13,8 +13,10 @@ import warnings
 from pathlib import Path
 
 from tersim.errors import TersimError
-from tersim.options import (RunOptions, add_hardware_flags, choices, finite_float, hardware_args,  # noqa: F401
-                            input_shape_arg, positive_int)
+from tersim.options import (WHERE_FIELDS, RunOptions, add_hardware_flags, add_option_flags,  # noqa: F401
+                            choices, finite_float, hardware_args, input_shape_arg, option_args, positive_int)
+
+MODEL_DATA_OPTIONS = ("weights", "preprocess", "class_map", "calib", "loader_workers", "quiet")
 
 _LINE_BREAKS = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+")
 
@@ -36,9 +38,9 @@ def _add_model_args(p: argparse.ArgumentParser, sweep_axes: tuple[str, ...] = ()
     the options that say what to evaluate."""
     p.add_argument("hw", help="hardware config YAML (see hw_configs/)")
     p.add_argument("model", help="model file: torch.export archive (.pt2), TorchScript, or pickle with --trust-pickle")
-    p.add_argument("--data", help="labelled data: .npz or .pt with 'x' (preprocessed inputs) and 'y' (labels)")
-    p.add_argument("--calib", help="unlabelled calibration data for --correction bn_reestimate (.npz/.pt with 'x'), "
-                                   "separate from --data")
+    p.add_argument("--data", help="labelled data: .npz or .pt with 'x' (preprocessed inputs) and 'y' (labels), or an "
+                                  "image folder DIR/<class>/<image> (streamed in batches)")
+    add_option_flags(p, MODEL_DATA_OPTIONS)
     add_hardware_flags(p, skip=sweep_axes)
     p.add_argument("--limit", type=positive_int, help="evaluate at most this many samples")
     p.add_argument("--input-shape", type=input_shape_arg, help="C,H,W for TorchScript/pickled models")
@@ -49,8 +51,12 @@ def _add_model_args(p: argparse.ArgumentParser, sweep_axes: tuple[str, ...] = ()
 def run_options(args: argparse.Namespace) -> RunOptions:
     """The RunOptions of a parsed run/verify/sweep command line."""
     fields = {name: getattr(args, name) for name in ("batch_size", "timing") if hasattr(args, name)}
-    return RunOptions.of(data=args.data, calib=args.calib, limit=args.limit, input_shape=args.input_shape,
-                         trust_pickle=args.trust_pickle, **hardware_args(args), **fields)
+    return RunOptions.of(data=args.data, limit=args.limit, input_shape=args.input_shape,
+                         trust_pickle=args.trust_pickle, **hardware_args(args), **option_args(args), **fields)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return sys.stderr.isatty() and not args.quiet
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timing", choices=("engine", "analytic"), default="engine",
                      help="engine: step the first sample through the cycle-level array (checked against the analytic "
                           "model); analytic: closed forms only (default: engine)")
+    add_option_flags(run, WHERE_FIELDS)  # dataset shards
 
     verify = sub.add_parser("verify", help="check the simulator bit for bit against a PyTorch integer reference")
     _add_model_args(verify)
@@ -84,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     check_output_dir(args.out)  # a bad --out fails now, not after the work
 
-    result = run(args.hw, args.model, run_options(args), progress=sys.stderr.isatty())
+    result = run(args.hw, args.model, run_options(args), progress=_progress(args))
     s = result.summary.iloc[0]
     stem = safe_name(f"{s.model}_{s.hw}_N{s.group_size}_a{s.act_bits}")  # model and hw names come from input
     print(f"tersim run: {s.model} on {s.hw}, FGQ N={s.group_size}, {s.act_bits}-bit activations, {s.samples} samples\n")
@@ -129,10 +136,7 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     sweep.add_argument("--out", default="reports", help="directory for the reports (default: reports/)")
     sweep.add_argument("--cache-dir", help="cache of finished points (default: OUT/.cache)")
     sweep.add_argument("--no-cache", action="store_true", help="neither read nor write the point cache")
-    where = sweep.add_mutually_exclusive_group()
-    where.add_argument("--jobs", type=positive_int, help="local worker processes (default: 1, serial)")
-    where.add_argument("--workers", type=positive_int, help="start a dask LocalCluster with this many workers")
-    where.add_argument("--dask", metavar="ADDRESS", help="run on a dask.distributed scheduler, e.g. tcp://host:8786")
+    add_option_flags(sweep, WHERE_FIELDS)  # points
 
     plot = sub.add_parser("plot", help="every plot a sweep/run CSV or Parquet file allows, plus an HTML report")
     plot.add_argument("files", nargs="+", help="points and/or per-layer files (.parquet or .csv)")
@@ -140,8 +144,10 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     plot.add_argument("--point", help="point for the per-layer plots, e.g. group_size=4,act_bits=8 "
                                       "(default: N closest to 4, widest activations)")
 
+    sub.add_parser("zoo", help="list the zoo architectures (usable as MODEL) with MACs, parameters and input shape")
+
     export = sub.add_parser("export-zoo", help="write a zoo model (random weights) as a torch.export archive")
-    export.add_argument("name", help="zoo model: alexnet, vgg16, resnet18/34/50/101, mobilenet_v2")
+    export.add_argument("name", help="zoo model name (see `tersim zoo`)")
     export.add_argument("-o", "--output", required=True, help="archive to write (.pt2)")
     export.add_argument("--input-shape", type=input_shape_arg, help="C,H,W (default: 3,224,224)")
     export.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: 0)")
@@ -159,8 +165,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError(f"--set '{path}': sweep it with --{AXES[path].replace('_', '-')} instead")
     cache_dir = None if args.no_cache else (args.cache_dir or Path(args.out) / ".cache")
     result = run_sweep(args.hw, args.model, args.group_sizes, args.act_bits_axis, run_options(args),
-                       overrides=overrides, timing_only=args.timing_only, cache_dir=cache_dir, jobs=args.jobs,
-                       workers=args.workers, dask=args.dask)
+                       overrides=overrides, timing_only=args.timing_only, cache_dir=cache_dir,
+                       progress=_progress(args))
     if result.points.empty:
         print("tersim: sweep interrupted before any point finished; nothing written", file=sys.stderr)
         return 130
@@ -183,6 +189,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     for path in plot_files(args.files, args.out, args.point):
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from tersim.models.zoo import zoo_table
+
+    table = zoo_table()
+    table["macs"] = [f"{m / 1e9:.3f} G" for m in table.macs]
+    table["params"] = [f"{p / 1e6:.2f} M" for p in table.params]
+    print(table.rename(columns={"input_shape": "input", "macs": "MACs/image"}).to_string(index=False))
+    print("\nMACs: conv + linear multiply-accumulates per image (torchvision's '_ops' convention); "
+          "use a name as MODEL (random weights, or --weights FILE.pth)")
     return 0
 
 
@@ -218,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         from tersim.finetune.cli import cmd_finetune
 
         command = {"run": cmd_run, "verify": cmd_verify, "sweep": cmd_sweep, "plot": cmd_plot,
-                   "export-zoo": cmd_export_zoo, "finetune": cmd_finetune}[args.command]
+                   "export-zoo": cmd_export_zoo, "zoo": cmd_zoo, "finetune": cmd_finetune}[args.command]
         with warnings.catch_warnings(record=True) as caught:
             code = command(args)
         for w in caught:  # shown after success; an error is one line, without torch's warnings

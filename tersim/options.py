@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tersim.config import Accelerator
 from tersim.errors import OptionError
 
 Timing = Literal["engine", "analytic"]
-Data = str | Path | tuple[np.ndarray, np.ndarray | None] | None
+# a data file or image folder, an (x, y) pair, a torch Dataset/DataLoader or a tersim.data.DataSource
+Data = str | Path | tuple[np.ndarray, np.ndarray | None] | Any | None
+DEFAULT_LOADER_WORKERS = 2  # DataLoader processes decoding images (tersim.data re-exports it)
 
 
 class HardwareOption(NamedTuple):
@@ -42,6 +44,12 @@ class HardwareOption(NamedTuple):
 def hardware_option(path: str, *flags: str, help: str, **constraints: Any) -> Any:
     """Declare a RunOptions field that overrides the Accelerator field `path` (None: the config's value)."""
     return Field(None, description=help, json_schema_extra={"path": path, "flags": list(flags)}, **constraints)
+
+
+def cli_option(default: Any, *flags: str, help: str, metavar: str | None = None, **constraints: Any) -> Any:
+    """Declare a run option with its CLI flag(s): `add_option_flags` generates the flag (type from the field)."""
+    return Field(default, description=help, json_schema_extra={"cli_flags": list(flags), "metavar": metavar},
+                 **constraints)
 
 
 class RunOptions(BaseModel):
@@ -68,10 +76,8 @@ class RunOptions(BaseModel):
                         help="accuracy recovery without training, folded into weights/biases")
 
     # --- what to evaluate and how ---
-    data: Data = Field(None, description="labelled data file (.npz/.pt with x, y) or an (x, y) pair; "
-                                         "None: synthetic inputs, no accuracy")
-    calib: Data = Field(None, description="unlabelled calibration data for correction bn_reestimate (a .npz/.pt "
-                                          "file with x, or an (x, y) pair); must differ from `data`")
+    data: Data = Field(None, description="labelled data: a file (.npz/.pt with x, y), an image folder, an (x, y) "
+                                         "pair, a torch Dataset/DataLoader; None: synthetic inputs, no accuracy")
     limit: int | None = Field(None, ge=1, description="evaluate at most this many samples")
     batch_size: int = Field(64, ge=1, description="samples per execution batch")
     timing: Timing = Field("engine", description="engine: step the first sample through the cycle-level array; "
@@ -79,12 +85,44 @@ class RunOptions(BaseModel):
     input_shape: tuple[int, ...] | None = Field(None, description="C,H,W for TorchScript/pickled models")
     trust_pickle: bool = Field(False, description="allow loading a pickled nn.Module (runs code from the file)")
 
+    # --- real models and data (CLI flags from the declarations: `add_option_flags`) ---
+    weights: str | Path | None = cli_option(None, "--weights", metavar="FILE", help=(
+        "state_dict (.pth via torch.load(weights_only=True), or .safetensors) for a zoo architecture name, "
+        "strict key match"))
+    preprocess: str | None = cli_option(None, "--preprocess", metavar="RECIPE", help=(
+        "image folders: imagenet (default: shorter side 256 bilinear, center crop 224, ImageNet mean/std), "
+        "none, or resize=H,W (to [0,1], no normalization)"))
+    class_map: str | Path | None = cli_option(None, "--class-map", metavar="FILE", help=(
+        "image folders: class folder names in index order (one per line, e.g. ImageNet wnids) or JSON "
+        "{name: index}; default: sorted folder names"))
+    calib: Data = cli_option(None, "--calib", metavar="DATA", help=(
+        "calibration data, separate from --data (file or image folder; in Python also arrays, a Dataset...): "
+        "activation ranges are calibrated on its first batches (default: the first batches of --data) and "
+        "correction bn_reestimate re-estimates BN statistics on it (required there, must not be --data)"))
+    loader_workers: int = cli_option(DEFAULT_LOADER_WORKERS, "--loader-workers", metavar="N", ge=0, help=(
+        "DataLoader worker processes decoding images (default: 2; 0 = in this process)"))
+    quiet: bool = cli_option(False, "--quiet", "-q", help="no progress bars (they are off when not a TTY)")
+
+    # --- where the evaluation runs (dataset shards for run, points for sweep): at most one ---
+    jobs: int | None = cli_option(None, "--jobs", ge=1, help="local worker processes (default: 1, serial)")
+    workers: int | None = cli_option(None, "--workers", ge=1,
+                                     help="start a dask LocalCluster with this many workers")
+    dask: Any = cli_option(None, "--dask", metavar="ADDRESS",
+                           help="run on a dask.distributed scheduler (a Client in Python), e.g. tcp://host:8786")
+
     @field_validator("input_shape")
     @classmethod
     def _positive_dims(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
         if value is not None and (not value or any(d < 1 for d in value)):
             raise ValueError(f"every dimension must be >= 1, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _one_place(self) -> "RunOptions":
+        given = [name for name in WHERE_FIELDS if getattr(self, name) not in (None, 1 if name == "jobs" else None)]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of jobs, workers, dask (got {', '.join(given)})")
+        return self
 
     @classmethod
     def of(cls, options: "RunOptions | None" = None, /, **changes: Any) -> "RunOptions":
@@ -109,8 +147,12 @@ class RunOptions(BaseModel):
         return hw.with_overrides(overrides) if overrides else hw
 
     def settings(self) -> dict[str, object]:
-        """The run options (not hardware, not data) as plain values, e.g. for a cache key."""
-        return {k: v for k, v in dict(self).items() if k not in HARDWARE_FIELDS and k not in ("data", "calib")}
+        """The run options that shape results (not hardware, not data, not where or how verbosely it runs)."""
+        return {k: v for k, v in dict(self).items() if k not in HARDWARE_FIELDS and k not in NOT_RESULT_FIELDS}
+
+    def where(self) -> dict[str, object]:
+        """jobs/workers/dask as keywords for `tersim.parallel.spread`."""
+        return {name: getattr(self, name) for name in WHERE_FIELDS}
 
 
 def _hardware_options() -> tuple[HardwareOption, ...]:
@@ -124,6 +166,8 @@ def _hardware_options() -> tuple[HardwareOption, ...]:
 
 HARDWARE_OPTIONS: tuple[HardwareOption, ...] = _hardware_options()
 HARDWARE_FIELDS = frozenset(o.name for o in HARDWARE_OPTIONS)
+WHERE_FIELDS = ("jobs", "workers", "dask")
+NOT_RESULT_FIELDS = frozenset({"data", "calib", "loader_workers", "quiet", *WHERE_FIELDS})
 OPTION_BY_PATH = {o.path: o for o in HARDWARE_OPTIONS}
 
 
@@ -165,6 +209,16 @@ def input_shape_arg(text: str) -> tuple[int, ...]:
     return shape
 
 
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def finite_float(text: str) -> float:
     """A float that is a number (no inf or nan): a learning rate or weight of inf trains to NaN."""
     try:
@@ -188,6 +242,33 @@ def add_hardware_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...]
         flags = (rename or {}).get(opt.name, opt.flags)
         parser.add_argument(*flags, dest=opt.name, type=kind, choices=allowed, default=None,
                             help=f"{opt.help} (default: the config's {opt.path})")
+
+
+def add_option_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """The CLI flags of the run options `names` (declared with `cli_option`; dest = the field): booleans are
+    switches, counts positive (or non-negative) ints, the rest strings; jobs/workers/dask exclude each other."""
+    where = parser.add_mutually_exclusive_group() if any(n in WHERE_FIELDS for n in names) else None
+    for name in names:
+        info = RunOptions.model_fields[name]
+        extra = info.json_schema_extra
+        assert isinstance(extra, dict) and "cli_flags" in extra, name
+        target = where if name in WHERE_FIELDS else parser
+        if info.annotation is bool:
+            target.add_argument(*extra["cli_flags"], dest=name, action="store_true", help=info.description)
+            continue
+        kind = str
+        if int in typing.get_args(info.annotation) or info.annotation is int:
+            bound = next((m.ge for m in info.metadata if hasattr(m, "ge")), 1)
+            kind = nonnegative_int if bound == 0 else positive_int
+        target.add_argument(*extra["cli_flags"], dest=name, type=kind, default=info.default, metavar=extra["metavar"],
+                            help=info.description)
+
+
+def option_args(args: argparse.Namespace) -> dict[str, object]:
+    """The run options parsed by `add_option_flags`, by RunOptions field."""
+    return {name: getattr(args, name) for name, info in RunOptions.model_fields.items()
+            if isinstance(info.json_schema_extra, dict) and "cli_flags" in info.json_schema_extra
+            and hasattr(args, name)}
 
 
 def hardware_args(args: argparse.Namespace) -> dict[str, object]:

@@ -6,21 +6,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from tersim.config import Accelerator, load_accelerator
-from tersim.data import load_inputs, model_classes, synthetic_inputs
-from tersim.engine.counts import layer_counts
+from tersim.data import DataSource, model_classes, open_data, synthetic_inputs
 from tersim.engine.checks import LayerSimulation, simulate_checked
+from tersim.engine.counts import layer_counts
 from tersim.engine.execute import dequantize_output, execute
 from tersim.errors import DataError
 from tersim.frontend import Graph, execute_float, import_model
 from tersim.options import RunOptions
-from tersim.quantize.graph import QuantizedGraph, QuantizedLayer, calibration_batches, quantize_graph
-from tersim.report.metrics import deviation
+from tersim.quantize.graph import QuantizedGraph, QuantizedLayer, quantize_graph
+from tersim.report.metrics import StreamingDeviation
 from tersim.timing.analytic import baseline_layer_timing, layer_timing
 from tersim.timing.shapes import LayerShape
 from tersim.timing.summary import model_summary, projected_speedup_at_eliminated
@@ -59,66 +60,221 @@ def layer_shape(graph: Graph, layer: QuantizedLayer) -> LayerShape:
     )
 
 
-def _batches(x: np.ndarray, size: int):
-    for start in range(0, len(x), size):
-        yield x[start:start + size]
-
-
 @dataclass
 class Prepared:
-    """The stages every command shares: validated hardware, lowered graph, inputs, quantized graph."""
+    """The stages every command shares: validated hardware, lowered graph, data source, quantized graph."""
 
     hw: Accelerator
     graph: Graph
-    x: np.ndarray
-    y: np.ndarray | None
+    source: DataSource
     qgraph: QuantizedGraph
+
+    @cached_property
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.source.arrays()
+
+    @property
+    def x(self) -> np.ndarray:
+        """Every input in memory (verify and benchmarks; `run` streams instead)."""
+        return self._arrays[0]
+
+    @property
+    def y(self) -> np.ndarray | None:
+        return self._arrays[1]
 
 
 def prepare(hw: Accelerator | str | Path, model: Graph | str | Path, options: RunOptions | None = None,
             **changes) -> Prepared:
     """Load the hardware (with the options folded in), the model and the data, calibrate on the first batches
-    and quantize. `options`/keywords as for `run`.
+    (or on `calib`) and quantize. `options`/keywords as for `run`.
 
-    `options.calib`: unlabelled calibration data for `quantization.correction: bn_reestimate` (a file or an
-    (x, y) pair); it must differ from the evaluation data (see `calibration_inputs`)."""
+    data / calib: an .npz/.pt file, an image folder (with `preprocess`, `class_map`), an (x, y) pair, a torch
+    Dataset or DataLoader, or a DataSource; None = standard-normal inputs (no accuracy). `calib` (separate
+    from the evaluation data) is also what `quantization.correction: bn_reestimate` re-estimates BN
+    statistics on; it must then differ from the evaluation data (see `calibration_inputs`)."""
     options = RunOptions.of(options, **changes)
     if not isinstance(hw, Accelerator):
         hw = load_accelerator(hw)
     hw = options.apply(hw)
     graph = model if isinstance(model, Graph) else import_model(model, input_shape=options.input_shape,
-                                                                trust_pickle=options.trust_pickle)
-    if options.data is None:
-        x, y = synthetic_inputs(graph.input_shape, SYNTHETIC_SAMPLES), None
-    else:
-        x, y = load_inputs(options.data, graph.input_shape, model_classes(graph))
-    if options.limit is not None:
-        x, y = x[:options.limit], (y[:options.limit] if y is not None else None)
-    calib_x, split = calibration_inputs(hw, graph, options.calib, x, options.data)
-    qgraph = quantize_graph(graph, calibration_batches(x, hw), hw, calib=calib_x, calibration_split=split)
-    return Prepared(hw, graph, x, y, qgraph)
+                                                                trust_pickle=options.trust_pickle,
+                                                                weights=options.weights)
+    source = open_source(options.data, graph, options, options.limit)
+    calib_source = None if options.calib is None else open_source(options.calib, graph, options, None)
+    calibration = (calib_source or source).calibration(hw.quantization.calibration_batches)
+    calib_x, split = calibration_inputs(hw, calib_source, source)
+    return Prepared(hw, graph, source,
+                    quantize_graph(graph, calibration, hw, calib=calib_x, calibration_split=split))
 
 
-def calibration_inputs(hw: Accelerator, graph: Graph, calib, x_eval: np.ndarray,
-                       data) -> tuple[np.ndarray | None, str | None]:
-    """The inputs bn_reestimate re-estimates BN statistics on, and the name of their split for the report.
+def calibration_inputs(hw: Accelerator, calib: DataSource | None,
+                       source: DataSource | None) -> tuple[np.ndarray | None, str | None]:
+    """The inputs bn_reestimate re-estimates BN statistics on (its first CALIB_MAX_SAMPLES), and the name of
+    their split for the report.
 
     Refuses (DataError) to run without them, and to calibrate on the evaluation inputs themselves: the
     reported accuracy would then be measured on the data the statistics were fitted to."""
+    from tersim.quantize.correction import CALIB_MAX_SAMPLES
+
     if hw.quantization.correction != "bn_reestimate":
         return None, None
     if calib is None:
-        raise DataError("quantization.correction: bn_reestimate needs unlabelled calibration data (--calib FILE), "
+        raise DataError("quantization.correction: bn_reestimate needs unlabelled calibration data (--calib DATA), "
                         "separate from the evaluation data")
-    cx, _ = load_inputs(calib, graph.input_shape)
-    same_file = not isinstance(calib, tuple) and data is not None and not isinstance(data, tuple) and \
-        Path(calib).resolve() == Path(data).resolve()
-    if same_file or (cx.shape == x_eval.shape and np.array_equal(cx, x_eval)):
+    cx = np.concatenate([x for x, _ in calib.batches(CALIB_MAX_SAMPLES, 0, CALIB_MAX_SAMPLES)])
+    same_file = calib.path is not None and source is not None and source.path is not None and \
+        calib.path.resolve() == source.path.resolve()
+    if same_file or (source is not None and calib.length == source.length and
+                     np.array_equal(cx, next(source.batches(len(cx), 0, len(cx)))[0])):
         raise DataError("--calib: the calibration data is the evaluation data; bn_reestimate must be calibrated "
                         "on a separate split (e.g. the training split)")
-    if len(cx) == 0:
-        raise DataError("--calib: the calibration data is empty")
-    return cx, (Path(calib).name if not isinstance(calib, tuple) else "in-memory calibration inputs")
+    return cx, (calib.path.name if calib.path is not None else "in-memory calibration inputs")
+
+
+def open_source(data: object, graph: Graph, options: RunOptions, limit: int | None) -> DataSource:
+    """Any data kind `prepare` takes, as a DataSource checked against the model's input shape (image
+    preprocessing from `options`)."""
+    if isinstance(data, DataSource):
+        return data
+    if data is None:
+        x = synthetic_inputs(graph.input_shape, SYNTHETIC_SAMPLES if limit is None else min(limit, SYNTHETIC_SAMPLES))
+        return open_data((x, None), graph.input_shape)
+    return open_data(data, graph.input_shape, limit=limit, preprocess=options.preprocess,
+                     class_map=options.class_map, loader_workers=options.loader_workers,
+                     classes=model_classes(graph))
+
+
+# --- evaluation: streamed batches, shards merged exactly ------------------------------------------------------
+FP32_PASSES = [0]  # FP32 passes over evaluation data in this process (tests assert sweeps make one)
+
+
+@dataclass
+class ShardResult:
+    """Deviation metrics and overflow counts of samples [start, stop): merged exactly across shards."""
+
+    metrics: StreamingDeviation
+    overflow: dict[str, int]
+
+    def merge(self, other: "ShardResult") -> None:
+        self.metrics.merge(other.metrics)
+        for name, events in other.overflow.items():
+            self.overflow[name] = self.overflow.get(name, 0) + events
+
+
+@dataclass(frozen=True)
+class Shard:
+    start: int
+    stop: int
+    batch_size: int
+
+
+def shards(length: int, batch_size: int, count: int) -> list[Shard]:
+    """`count` contiguous ranges cut at batch boundaries (so per-batch sums, hence totals, equal serial ones)."""
+    n_batches = -(-length // batch_size)
+    per = -(-n_batches // max(1, count))
+    return [Shard(b * batch_size, min(length, (b + per) * batch_size), batch_size) for b in range(0, n_batches, per)]
+
+
+def evaluate_shard(graph: Graph, qgraph: QuantizedGraph, source: DataSource, reference: "Fp32Reference | None",
+                   shard: Shard, progress: bool = False) -> ShardResult:
+    """Integer engine (and FP32 model, unless `reference` holds its outputs) on one shard, batch by batch."""
+    metrics, overflow = StreamingDeviation(), {}
+    if reference is None:
+        FP32_PASSES[0] += 1
+    with progress_bar(shard.stop - shard.start, "evaluating", progress) as bar:
+        at = shard.start
+        for xb, yb in source.batches(shard.batch_size, shard.start, shard.stop):
+            if reference is None:
+                ref = execute_float(graph, xb, dtype=np.float32)
+            else:
+                ref = reference.rows(at, at + len(xb))
+            result = execute(qgraph, xb, keep_all=False)
+            metrics.update(ref, dequantize_output(qgraph, result.output(qgraph)), yb)
+            for name, events in result.overflow_events.items():
+                overflow[name] = overflow.get(name, 0) + events
+            at += len(xb)
+            bar.update(len(xb))
+    return ShardResult(metrics, overflow)
+
+
+def _evaluate_shard_task(graph: Graph, qgraph: QuantizedGraph, source: DataSource, reference, shard: Shard):
+    return evaluate_shard(graph, qgraph, source, reference, shard)
+
+
+def evaluate_source(graph: Graph, qgraph: QuantizedGraph, source: DataSource, *, batch_size: int = 64,
+                    reference: "Fp32Reference | None" = None, progress: bool = False, jobs: int | None = None,
+                    workers: int | None = None, dask: object = None) -> ShardResult:
+    """The whole source through the quantized graph (and the FP32 model, unless `reference` holds its
+    outputs): in this process, or split into shards over processes / a dask cluster, counts merged exactly."""
+    parallel = (jobs or 1) > 1 or workers or dask is not None
+    if not parallel or source.loader is not None:
+        return evaluate_shard(graph, qgraph, source, reference, Shard(0, source.length, batch_size), progress)
+    from tersim.parallel import spread
+
+    count = 4 * (jobs or workers or 2)  # a few shards per worker balance uneven speeds
+    parts = shards(source.length, batch_size, count)
+    results: dict[int, ShardResult] = {}
+    with progress_bar(source.length, "evaluating", progress) as bar:
+        for index, result in spread(_evaluate_shard_task, parts, (graph, qgraph, source, reference),
+                                    jobs=jobs, workers=workers, dask=dask):
+            results[index] = result
+            bar.update(parts[index].stop - parts[index].start)
+    total = results[0]
+    for index in range(1, len(parts)):
+        total.merge(results[index])
+    return total
+
+
+class Fp32Reference:
+    """The FP32 model's outputs for samples [0, n): in memory, or an .npy file read through a memory map (so a
+    sweep over N ships a file name to workers, and the pages stay reclaimable)."""
+
+    def __init__(self, array: np.ndarray | None = None, path: Path | None = None):
+        self._array, self.path = array, path
+
+    def __getstate__(self) -> dict:
+        return {"_array": None if self.path is not None else self._array, "path": self.path}
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        return np.asarray(self._array[start:stop])
+
+
+def fp32_reference(graph: Graph, source: DataSource, batch_size: int = 64, cache_dir: str | Path | None = None,
+                   progress: bool = False, key: str | None = None) -> Fp32Reference:
+    """One FP32 pass over `source` (or its cached result): `key` names it by content (model, data, preprocessing)."""
+    from tersim.files import atomic_file, ensure_dir
+
+    if cache_dir is not None:
+        ensure_dir(cache_dir, "cache folder")  # a file in the way: one line, before any work
+    path = Path(cache_dir) / "fp32" / f"{key}.npy" if cache_dir is not None and key is not None else None
+    if path is not None and path.is_file():
+        return Fp32Reference(path=path)
+    FP32_PASSES[0] += 1
+    shape = (source.length, *graph.node(graph.output).shape)
+    with progress_bar(source.length, "FP32 reference", progress) as bar:
+        if path is None:
+            out, at = np.empty(shape, np.float32), 0
+            for xb, _ in source.batches(batch_size):
+                out[at:at + len(xb)] = execute_float(graph, xb, dtype=np.float32)
+                at += len(xb)
+                bar.update(len(xb))
+            return Fp32Reference(array=out)
+        ensure_dir(path.parent, "cache folder")
+        with atomic_file(path) as tmp, open(tmp, "wb") as fh:  # appended batch by batch: memory stays bounded
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": shape})
+            for xb, _ in source.batches(batch_size):
+                fh.write(np.ascontiguousarray(execute_float(graph, xb, dtype=np.float32), dtype="<f4").tobytes())
+                bar.update(len(xb))
+    return Fp32Reference(path=path)
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar in images (rate = images/s, with ETA), or a silent stand-in."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False, dynamic_ncols=True)
 
 
 def run(
@@ -127,20 +283,28 @@ def run(
     options: RunOptions | None = None,
     *,
     progress: bool = False,
+    reference: Fp32Reference | None = None,
     **changes,
 ) -> RunResult:
     """Ternarize `model` with FGQ, execute it bit-exactly on the integer engine and time it on `hw`.
 
     `options` (a RunOptions) and/or its fields as keywords (data, group_size, act_bits, method, first_last,
-    limit, batch_size, timing, input_shape, trust_pickle); keywords win. timing="engine" steps the first
-    input sample through the cycle-level array, layer by layer (outputs checked bit for bit against the
-    integer kernels, cycles against the analytic model); "analytic" only evaluates the closed forms.
+    limit, batch_size, timing, input_shape, trust_pickle, weights, preprocess, class_map, calib,
+    loader_workers, jobs, workers, dask); keywords win. The data streams through in batches (memory does not
+    grow with the dataset); `jobs` (processes), `workers` (a dask LocalCluster) or `dask` (a Client or
+    scheduler address) split it into shards whose counts merge exactly. `reference`: the FP32 outputs,
+    computed once for a sweep (else computed here). timing="engine" steps the first input sample through the
+    cycle-level array, layer by layer (outputs checked bit for bit against the integer kernels, cycles against
+    the analytic model); "analytic" only evaluates the closed forms.
     """
     options = RunOptions.of(options, **changes)
-    e = evaluate(hw, model, options, progress=progress)
-    simulated = _simulate(e.graph, e.qgraph, e.hw, e.x) if options.timing == "engine" else None
-    return tabulate(e.graph, e.qgraph, e.hw, samples=len(e.x), labelled=e.y is not None, overflow=e.overflow,
-                    metrics=e.metrics, simulated=simulated)
+    e = evaluate(hw, model, options, progress=progress, reference=reference)
+    simulated = None
+    if options.timing == "engine":
+        first = next(iter(e.source.batches(1, 0, 1)))[0]
+        simulated = _simulate(e.graph, e.qgraph, e.hw, first)
+    return tabulate(e.graph, e.qgraph, e.hw, samples=e.source.length, labelled=e.source.labelled,
+                    overflow=e.overflow, metrics=e.metrics, simulated=simulated)
 
 
 @dataclass
@@ -152,28 +316,16 @@ class Evaluated(Prepared):
 
 
 def evaluate(hw: Accelerator | str | Path, model: Graph | str | Path, options: RunOptions | None = None, *,
-             progress: bool = False, **changes) -> Evaluated:
-    """Quantize and execute every input (integer engine and float reference): everything a report needs that
-    does not depend on the array, so sweep points that differ only in hardware share it. `options`/keywords
-    as for `run` (`timing` is not used here)."""
+             progress: bool = False, reference: Fp32Reference | None = None, **changes) -> Evaluated:
+    """Quantize and execute every input (integer engine and float reference, streamed; sharded over
+    `jobs`/`workers`/`dask`): everything a report needs that does not depend on the array, so sweep points
+    that differ only in hardware share it. `options`/keywords and `reference` as for `run` (`timing` is not
+    used here)."""
     options = RunOptions.of(options, **changes)
     p = prepare(hw, model, options)
-    graph, x, y, qgraph = p.graph, p.x, p.y, p.qgraph
-    reference, quantized, overflow = [], [], {}
-    batch_size = options.batch_size
-    batches = _batches(x, batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, total=-(-len(x) // batch_size), desc="executing", unit="batch", leave=False)
-    for xb in batches:
-        reference.append(execute_float(graph, xb, dtype=np.float32))
-        result = execute(qgraph, xb, keep_all=False)
-        quantized.append(dequantize_output(qgraph, result.output(qgraph)))
-        for name, events in result.overflow_events.items():
-            overflow[name] = overflow.get(name, 0) + events
-    metrics = deviation(np.concatenate(reference), np.concatenate(quantized), y)
-    return Evaluated(p.hw, graph, x, y, qgraph, overflow, metrics)
+    total = evaluate_source(p.graph, p.qgraph, p.source, batch_size=options.batch_size, reference=reference,
+                            progress=progress and not options.quiet, **options.where())
+    return Evaluated(p.hw, p.graph, p.source, p.qgraph, total.overflow, total.metrics.result())
 
 
 def _simulate(graph: Graph, qgraph: QuantizedGraph, hw: Accelerator, x: np.ndarray) -> dict[str, LayerSimulation]:

@@ -284,3 +284,25 @@ def test_points_sharing_quantization_equal_points_computed_alone(graph, data, ti
         mask = np.logical_and.reduce([layers[k] == row[k] for k in keys])
         pd.testing.assert_frame_equal(layers[mask].drop(columns=list(REUSE)).reset_index(drop=True),
                                       alone.layers.reset_index(drop=True))
+
+
+def test_a_sweep_over_n_makes_one_fp32_pass(graph, data, tmp_path, monkeypatch):
+    """14 points (7 N x 2 activation widths) share one FP32 pass; a re-run reads it (and the points) from the cache."""
+    import tersim.pipeline as pipeline
+
+    calls = []
+    real = pipeline.execute_float
+    monkeypatch.setattr(pipeline, "execute_float", lambda *a, **k: calls.append(1) or real(*a, **k))
+    before = pipeline.FP32_PASSES[0]
+    result = sweeps.run_sweep(HW, graph, data=data, limit=20, cache_dir=tmp_path, batch_size=8)
+    assert len(result.points) == 14 and result.computed == 14
+    assert pipeline.FP32_PASSES[0] - before == 1
+    assert len(calls) == 3  # 20 samples in batches of 8: the reference pass only, no per-point FP32 execution
+    assert len(list((tmp_path / "fp32").glob("*.npy"))) == 1
+    served = sweeps.run_sweep(HW, graph, data=data, limit=20, cache_dir=tmp_path, batch_size=8)
+    assert pipeline.FP32_PASSES[0] - before == 1 and served.cached == 14
+    # the points' FP32 accuracy is that of the reference, and equals a plain run's
+    single = pipeline.run(HW, graph, data=data, limit=20, group_size=4, act_bits=8, timing="analytic")
+    row = result.points.query("group_size == 4 and act_bits == 8").iloc[0]
+    for column in ("accuracy_fp32", "accuracy_quant", "top1_agreement", "max_abs_err", "overflow_events"):
+        assert row[column] == single.summary[column][0], column

@@ -5,6 +5,7 @@ ResNet-101 are checked in milliseconds; real forwards run only for the three che
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ def test_params_and_macs_match_published(name: str) -> None:
     assert abs(macs / entry.published_macs - 1) < 0.01, f"{name}: {macs:,} vs {entry.published_macs:,.0f}"
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "alexnet"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "alexnet", "squeezenet1_1"])
 def test_forward_gives_imagenet_logits(name: str) -> None:
     model = zoo.build(name, seed=0)
     assert not model.training
@@ -74,6 +75,25 @@ TORCHVISION_KEYS = {
               "classifier.0.weight": (4096, 25088), "classifier.6.weight": (1000, 4096)},
     "alexnet": {"features.0.weight": (64, 3, 11, 11), "features.10.weight": (256, 256, 3, 3),
                 "classifier.1.weight": (4096, 9216), "classifier.6.weight": (1000, 4096)},
+    "resnet152": {"layer2.7.conv3.weight": (512, 128, 1, 1), "layer3.35.conv3.weight": (1024, 256, 1, 1),
+                  "fc.weight": (1000, 2048)},
+    "wide_resnet50_2": {"layer1.0.conv2.weight": (128, 128, 3, 3), "layer4.0.conv1.weight": (1024, 1024, 1, 1),
+                        "layer4.2.conv3.weight": (2048, 1024, 1, 1), "fc.weight": (1000, 2048)},
+    "resnext50_32x4d": {"layer1.0.conv1.weight": (128, 64, 1, 1), "layer1.0.conv2.weight": (128, 4, 3, 3),
+                        "layer4.0.conv2.weight": (1024, 32, 3, 3), "fc.weight": (1000, 2048)},
+    "vgg11": {"features.0.weight": (64, 3, 3, 3), "features.18.weight": (512, 512, 3, 3),
+              "classifier.6.bias": (1000,)},
+    "vgg11_bn": {"features.1.running_mean": (64,), "features.25.weight": (512, 512, 3, 3),
+                 "features.26.running_var": (512,), "classifier.0.weight": (4096, 25088)},
+    "vgg13": {"features.2.weight": (64, 64, 3, 3), "features.22.weight": (512, 512, 3, 3)},
+    "vgg13_bn": {"features.3.weight": (64, 64, 3, 3), "features.31.weight": (512, 512, 3, 3),
+                 "features.32.weight": (512,)},
+    "vgg19": {"features.16.weight": (256, 256, 3, 3), "features.34.weight": (512, 512, 3, 3)},
+    "vgg19_bn": {"features.23.weight": (256, 256, 3, 3), "features.49.weight": (512, 512, 3, 3),
+                 "features.50.running_mean": (512,)},
+    "squeezenet1_1": {"features.0.weight": (64, 3, 3, 3), "features.3.squeeze.weight": (16, 64, 1, 1),
+                      "features.3.expand3x3.weight": (64, 16, 3, 3), "features.12.expand1x1.weight": (256, 64, 1, 1),
+                      "classifier.1.weight": (1000, 512, 1, 1)},
 }
 
 
@@ -110,3 +130,29 @@ def test_export_writes_loadable_program(tmp_path) -> None:
         torch.testing.assert_close(program.module()(x), zoo.build("mobilenet_v2")(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ModelLoadError):
         zoo.export("nope", tmp_path / "nope.pt2")
+
+
+def test_squeezenet_lowers_with_ceil_mode_pools_and_concat() -> None:
+    from tersim.frontend import execute_float, lower_module
+
+    model = zoo.build("squeezenet1_1")
+    graph = lower_module(model, torch.randn(2, 3, 64, 64), "squeezenet1_1")
+    ops = {n.op for n in graph.nodes}
+    assert {"concat", "max_pool2d"} <= ops
+    assert all(n.attrs["ceil_mode"] for n in graph.nodes if n.op == "max_pool2d")
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(execute_float(graph, x.numpy()), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_zoo_command_lists_every_architecture(capsys) -> None:
+    from tersim.cli import main
+
+    assert main(["zoo"]) == 0
+    out = capsys.readouterr().out
+    for name, entry in zoo.ZOO.items():
+        fields = next(l for l in out.splitlines() if l.split()[:1] == [name]).split()
+        assert fields[1] == "3x224x224" and fields[3] == "G" and fields[5] == "M"
+        assert abs(float(fields[2]) * 1e9 / entry.published_macs - 1) < 0.002, fields
+        assert abs(float(fields[4]) * 1e6 - entry.published_params) <= 0.005e6, fields

@@ -34,10 +34,11 @@ STATE_DICT_HINT = ("tersim needs the architecture, not only the weights: build t
 
 
 def import_model(path: str | Path, *, input_shape: tuple[int, ...] | None = None,
-                 trust_pickle: bool = False) -> Graph:
+                 trust_pickle: bool = False, weights: str | Path | None = None) -> Graph:
     """Load the model at `path` (or a zoo name such as 'resnet50') and lower it.
 
-    `input_shape` excludes the batch, e.g. (3, 32, 32). Zoo models get random weights (timing studies).
+    `input_shape` excludes the batch, e.g. (3, 32, 32). Zoo models get random weights (timing studies), or
+    those of the state_dict file `weights` (torchvision key names, strict; see tersim.models.weights).
     """
     path = Path(path)
     name = path.stem
@@ -51,8 +52,16 @@ def import_model(path: str | Path, *, input_shape: tuple[int, ...] | None = None
 
         if str(path) in ZOO:
             shape = input_shape or ZOO[str(path)].input_shape
-            return _checked(lower_module(build(str(path)), torch.randn(EXAMPLE_BATCH, *shape), str(path)), path)
+            module = build(str(path))
+            if weights is not None:
+                from tersim.models.weights import load_weights
+
+                load_weights(module, weights, str(path))
+            return _checked(lower_module(module, torch.randn(EXAMPLE_BATCH, *shape), str(path)), path)
         raise ModelLoadError(f"{path}: model file not found (and not a zoo name: {', '.join(ZOO)})")
+    if weights is not None:
+        raise ModelLoadError(f"{path}: --weights goes with a zoo architecture name (see `tersim zoo`), not a "
+                             "model file, which carries its own weights")
     kind = _detect(path)
     if kind == "export":
         graph = _load_exported(path, name, input_shape, trust_pickle)

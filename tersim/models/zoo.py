@@ -10,16 +10,30 @@ Published figures (`ZooEntry.published_macs` / `published_params`) are torchvisi
 rounded to 2 decimals, as "GFLOPS"). Despite that column name they are multiply-accumulates (MACs),
 not FLOPs, of the conv and linear layers *including* the FC classifier, for one 3x224x224 image;
 BN, ReLU, pooling and the residual adds are not counted. `count_macs` uses the same convention and
-reproduces every figure to <= 0.03% (params exactly); see `tests/test_zoo.py`:
+reproduces every figure to <= 0.08% (params exactly); see `tests/test_zoo.py`:
 
-    model         counted MACs    torchvision _ops   counted = published params
-    alexnet          714,188,480    0.714 G            61,100,840
-    vgg16         15,470,264,320   15.47  G           138,357,544
-    resnet18       1,814,073,344    1.814 G            11,689,512
-    resnet34       3,663,761,408    3.664 G            21,797,672
-    resnet50       4,089,184,256    4.089 G            25,557,032
-    resnet101      7,801,405,440    7.801 G            44,549,160
-    mobilenet_v2     300,774,272    0.301 G             3,504,872
+    model            counted MACs     torchvision _ops   counted = published params
+    alexnet             714,188,480      0.714 G            61,100,840
+    vgg11             7,609,090,048      7.609 G           132,863,336
+    vgg11_bn          7,609,090,048      7.609 G           132,868,840
+    vgg13            11,308,466,176     11.308 G           133,047,848
+    vgg13_bn         11,308,466,176     11.308 G           133,053,736
+    vgg16            15,470,264,320     15.47  G           138,357,544
+    vgg19            19,632,062,464     19.632 G           143,667,240
+    vgg19_bn         19,632,062,464     19.632 G           143,678,248
+    resnet18          1,814,073,344      1.814 G            11,689,512
+    resnet34          3,663,761,408      3.664 G            21,797,672
+    resnet50          4,089,184,256      4.089 G            25,557,032
+    resnet101         7,801,405,440      7.801 G            44,549,160
+    resnet152        11,513,626,624     11.514 G            60,192,808
+    wide_resnet50_2  11,398,021,120     11.398 G            68,883,240
+    resnext50_32x4d   4,230,479,872      4.23  G            25,028,904
+    squeezenet1_1       349,151,936      0.349 G             1,235,496
+    mobilenet_v2        300,774,272      0.301 G             3,504,872
+
+(The docs table rounds `_ops` to 2 decimals, e.g. resnet152 "11.51", vgg19 "19.63", squeezenet1_1 "0.35";
+`_ops` itself has 3. Params are exact integers.) MobileNetV3 is absent: hardswish and squeeze-excitation need
+multiply/divide/broadcast ops the integer IR does not have.
 
 Why "FC included": without its three FC layers (58.6 M MACs) AlexNet would count 0.656 G, 8% below
 0.714; VGG16 without its 123.6 M FC MACs would be 15.347 G, not 15.47. Nor are they true FLOPs
@@ -103,8 +117,14 @@ class AlexNet(nn.Module):
 # VGG16 (configuration "D", no batch norm)
 # --------------------------------------------------------------------------------------------
 
-_VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
-                               512, 512, 512, "M", 512, 512, 512, "M"]
+# torchvision's configurations: "A" = vgg11, "B" = vgg13, "D" = vgg16, "E" = vgg19 (ints: 3x3 conv widths, M: max pool)
+_VGG_CFGS: dict[str, list[int | str]] = {
+    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
+_VGG16_CFG = _VGG_CFGS["D"]
 
 
 class VGG(nn.Module):
@@ -129,8 +149,8 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-def _vgg_features(cfg: list[int | str]) -> nn.Sequential:
-    """Build `features` so indices match torchvision's (each conv is followed by one ReLU)."""
+def _vgg_features(cfg: list[int | str], batch_norm: bool = False) -> nn.Sequential:
+    """Build `features` so indices match torchvision's (each conv is followed by [BN and] one ReLU)."""
     layers: list[nn.Module] = []
     cin = 3
     for v in cfg:
@@ -138,7 +158,8 @@ def _vgg_features(cfg: list[int | str]) -> nn.Sequential:
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
             assert isinstance(v, int)
-            layers += [nn.Conv2d(cin, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            layers.append(nn.Conv2d(cin, v, kernel_size=3, padding=1))
+            layers += [nn.BatchNorm2d(v), nn.ReLU(inplace=True)] if batch_norm else [nn.ReLU(inplace=True)]
             cin = v
     return nn.Sequential(*layers)
 
@@ -162,7 +183,7 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64) -> None:
         super().__init__()
         self.conv1 = _conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -180,18 +201,20 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided), 1x1 expand x4, each with BN, plus a shortcut (ResNet-50/101)."""
+    """1x1 reduce, 3x3 (strided, grouped for ResNeXt), 1x1 expand x4, each with BN, plus a shortcut
+    (ResNet-50/101/152; wide and ResNeXt variants through torchvision's `groups` / `base_width`)."""
 
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64) -> None:
         super().__init__()
-        self.conv1 = _conv1x1(inplanes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = _conv1x1(planes, planes * self.expansion)
+        width = int(planes * (base_width / 64.0)) * groups
+        self.conv1 = _conv1x1(inplanes, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = _conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -209,9 +232,10 @@ class ResNet(nn.Module):
     """torchvision.models.ResNet: conv1/bn1/relu/maxpool stem, layer1..layer4, avgpool, fc."""
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int],
-                 num_classes: int = 1000) -> None:
+                 num_classes: int = 1000, groups: int = 1, width_per_group: int = 64) -> None:
         super().__init__()
         self.inplanes = 64
+        self.groups, self.base_width = groups, width_per_group
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -232,9 +256,10 @@ class ResNet(nn.Module):
                 _conv1x1(self.inplanes, planes * block.expansion, stride),
                 nn.BatchNorm2d(planes * block.expansion),
             )
-        layers = [block(self.inplanes, planes, stride, downsample)]
+        layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, groups=self.groups, base_width=self.base_width)
+                   for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -318,6 +343,69 @@ class MobileNetV2(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
+# SqueezeNet 1.1 (Fire modules: channel concat of 1x1 and 3x3 expands; ceil-mode max pools)
+# --------------------------------------------------------------------------------------------
+
+
+class Fire(nn.Module):
+    """torchvision's Fire: squeeze 1x1 conv, then 1x1 and 3x3 expand convs concatenated on channels."""
+
+    def __init__(self, inplanes: int, squeeze_planes: int, expand1x1_planes: int, expand3x3_planes: int) -> None:
+        super().__init__()
+        self.squeeze = nn.Conv2d(inplanes, squeeze_planes, kernel_size=1)
+        self.squeeze_activation = nn.ReLU(inplace=True)
+        self.expand1x1 = nn.Conv2d(squeeze_planes, expand1x1_planes, kernel_size=1)
+        self.expand1x1_activation = nn.ReLU(inplace=True)
+        self.expand3x3 = nn.Conv2d(squeeze_planes, expand3x3_planes, kernel_size=3, padding=1)
+        self.expand3x3_activation = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.squeeze_activation(self.squeeze(x))
+        return torch.cat([self.expand1x1_activation(self.expand1x1(x)),
+                          self.expand3x3_activation(self.expand3x3(x))], 1)
+
+
+class SqueezeNet(nn.Module):
+    """torchvision.models.SqueezeNet version 1.1: features.{0,3..12}, classifier.1 = final 1x1 conv."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, kernel_size=3, stride=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+            Fire(64, 16, 64, 64),
+            Fire(128, 16, 64, 64),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+            Fire(128, 32, 128, 128),
+            Fire(256, 32, 128, 128),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+            Fire(256, 48, 192, 192),
+            Fire(384, 48, 192, 192),
+            Fire(384, 64, 256, 256),
+            Fire(512, 64, 256, 256),
+        )
+        final_conv = nn.Conv2d(512, num_classes, kernel_size=1)
+        self.classifier = nn.Sequential(nn.Dropout(p=dropout), final_conv, nn.ReLU(inplace=True),
+                                        nn.AdaptiveAvgPool2d((1, 1)))
+        for m in self.modules():  # torchvision's init
+            if isinstance(m, nn.Conv2d):
+                if m is final_conv:
+                    nn.init.normal_(m.weight, mean=0.0, std=0.01)
+                else:
+                    nn.init.kaiming_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+# MobileNetV3 is not in the zoo: its hardswish and squeeze-excitation (hardsigmoid gate, broadcast multiply)
+# lower to mul/div/broadcast ops that the integer IR and the accelerator datapath do not have.
+
+
+# --------------------------------------------------------------------------------------------
 # Factories and the registry
 # --------------------------------------------------------------------------------------------
 
@@ -327,11 +415,39 @@ def alexnet(seed: int = 0) -> AlexNet:
     return AlexNet()  # torchvision keeps PyTorch's default init for AlexNet
 
 
-def vgg16(seed: int = 0) -> VGG:
+def _vgg(cfg: str, batch_norm: bool, seed: int) -> VGG:
     torch.manual_seed(seed)
-    model = VGG(_vgg_features(_VGG16_CFG))
+    model = VGG(_vgg_features(_VGG_CFGS[cfg], batch_norm))
     _init_conv_bn_linear(model, linear_std=0.01)
     return model
+
+
+def vgg11(seed: int = 0) -> VGG:
+    return _vgg("A", False, seed)
+
+
+def vgg11_bn(seed: int = 0) -> VGG:
+    return _vgg("A", True, seed)
+
+
+def vgg13(seed: int = 0) -> VGG:
+    return _vgg("B", False, seed)
+
+
+def vgg13_bn(seed: int = 0) -> VGG:
+    return _vgg("B", True, seed)
+
+
+def vgg16(seed: int = 0) -> VGG:
+    return _vgg("D", False, seed)
+
+
+def vgg19(seed: int = 0) -> VGG:
+    return _vgg("E", False, seed)
+
+
+def vgg19_bn(seed: int = 0) -> VGG:
+    return _vgg("E", True, seed)
 
 
 def resnet18(seed: int = 0) -> ResNet:
@@ -352,6 +468,26 @@ def resnet50(seed: int = 0) -> ResNet:
 def resnet101(seed: int = 0) -> ResNet:
     torch.manual_seed(seed)
     return ResNet(Bottleneck, [3, 4, 23, 3])
+
+
+def resnet152(seed: int = 0) -> ResNet:
+    torch.manual_seed(seed)
+    return ResNet(Bottleneck, [3, 8, 36, 3])
+
+
+def wide_resnet50_2(seed: int = 0) -> ResNet:
+    torch.manual_seed(seed)
+    return ResNet(Bottleneck, [3, 4, 6, 3], width_per_group=128)
+
+
+def resnext50_32x4d(seed: int = 0) -> ResNet:
+    torch.manual_seed(seed)
+    return ResNet(Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4)
+
+
+def squeezenet1_1(seed: int = 0) -> SqueezeNet:
+    torch.manual_seed(seed)
+    return SqueezeNet()
 
 
 def mobilenet_v2(seed: int = 0) -> MobileNetV2:
@@ -382,6 +518,16 @@ ZOO: dict[str, ZooEntry] = {
     "resnet50": ZooEntry(resnet50, published_macs=4.089e9, published_params=25_557_032),
     "resnet101": ZooEntry(resnet101, published_macs=7.801e9, published_params=44_549_160),
     "mobilenet_v2": ZooEntry(mobilenet_v2, published_macs=0.301e9, published_params=3_504_872),
+    "resnet152": ZooEntry(resnet152, published_macs=11.514e9, published_params=60_192_808),
+    "wide_resnet50_2": ZooEntry(wide_resnet50_2, published_macs=11.398e9, published_params=68_883_240),
+    "resnext50_32x4d": ZooEntry(resnext50_32x4d, published_macs=4.23e9, published_params=25_028_904),
+    "vgg11": ZooEntry(vgg11, published_macs=7.609e9, published_params=132_863_336),
+    "vgg11_bn": ZooEntry(vgg11_bn, published_macs=7.609e9, published_params=132_868_840),
+    "vgg13": ZooEntry(vgg13, published_macs=11.308e9, published_params=133_047_848),
+    "vgg13_bn": ZooEntry(vgg13_bn, published_macs=11.308e9, published_params=133_053_736),
+    "vgg19": ZooEntry(vgg19, published_macs=19.632e9, published_params=143_667_240),
+    "vgg19_bn": ZooEntry(vgg19_bn, published_macs=19.632e9, published_params=143_678_248),
+    "squeezenet1_1": ZooEntry(squeezenet1_1, published_macs=0.349e9, published_params=1_235_496),
 }
 
 
@@ -469,3 +615,21 @@ def export(name: str, path: str | os.PathLike[str], batch: int = 1, seed: int = 
     program = torch.export.export(model, (example,))
     return write_bytes_atomic(path, lambda f: torch.export.save(program, f))
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Listing
+# --------------------------------------------------------------------------------------------
+
+
+def zoo_table() -> "pd.DataFrame":
+    """Every architecture with its counted MACs and parameters (meta-device models: instant, no weights)."""
+    import pandas as pd
+
+    rows = []
+    for name, entry in ZOO.items():
+        with torch.device("meta"):
+            model = build(name)
+        rows.append({"model": name, "input_shape": "x".join(map(str, entry.input_shape)),
+                     "macs": count_macs(model, entry.input_shape), "params": count_params(model)})
+    return pd.DataFrame(rows)

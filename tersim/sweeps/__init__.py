@@ -13,7 +13,7 @@ scheduler address or Client); the lowered Graph is shipped to the workers once.
 
     plan.py       which points, their cache keys, units of work (tasks)
     cache.py      finished points on disk
-    executors.py  evaluating a task; serial, process-pool and dask executors
+    executors.py  evaluating a task (spread over processes or dask by tersim.parallel)
     report.py     the points/layers DataFrames and the report files
     driver.py     run_sweep / sweep: plan -> cache -> execute -> tables
 

@@ -16,6 +16,7 @@ import yaml
 from tersim import __version__
 from tersim.config import Accelerator
 from tersim.config.hardware import parse_yaml
+from tersim.data import array_digest, update_array_hash
 from tersim.errors import ConfigError
 from tersim.frontend import Graph
 from tersim.options import OPTION_BY_PATH, RunOptions
@@ -94,32 +95,18 @@ def quantization_key(hw: Accelerator, with_act_bits: bool = True) -> str:
 
 
 # --- content hashes ---------------------------------------------------------------------------------------
-def _update_array(h: "hashlib._Hash", arr: np.ndarray | None) -> None:
-    if arr is None:
-        h.update(b"none")
-        return
-    arr = np.ascontiguousarray(arr)
-    h.update(f"{arr.dtype.str}{arr.shape}".encode())
-    h.update(memoryview(arr).cast("B"))
-
-
 def graph_digest(graph: Graph) -> str:
     """Hash of the lowered model's content (structure, attributes, weights), not of the file it came from."""
     h = hashlib.sha256(f"{graph.name}|{graph.output}".encode())
     for node in graph.nodes:
         h.update(repr((node.name, node.op, node.inputs, sorted(node.attrs.items()), node.shape)).encode())
-        _update_array(h, node.weight)
-        _update_array(h, node.bias)
+        update_array_hash(h, node.weight)
+        update_array_hash(h, node.bias)
     return h.hexdigest()
 
 
 def data_digest(data: tuple[np.ndarray, np.ndarray | None] | None) -> str | None:
-    if data is None:
-        return None
-    h = hashlib.sha256()
-    for arr in data:
-        _update_array(h, arr)
-    return h.hexdigest()
+    return None if data is None else array_digest(*data)
 
 
 def point_key(graph_hash: str, data_hash: str | None, hw: Accelerator, options: RunOptions, timing_only: bool,
@@ -145,7 +132,9 @@ def plan_tasks(hw_points: list[tuple[Combo, Accelerator]], group_sizes: Sequence
     for combo, hw_combo in hw_points:
         for n in group_sizes:
             for bits in act_bits:
-                point_options = options.replace(group_size=n, act_bits=bits, data=None)
+                # the data travel once beside the graph; a point runs serially on its worker
+                point_options = options.replace(group_size=n, act_bits=bits, data=None, calib=None, jobs=None,
+                                                workers=None, dask=None, quiet=True)
                 hw_point = point_options.apply(hw_combo)
                 key = point_key(graph_hash, data_hash, hw_point, point_options, timing_only, calib_hash)
                 shared.setdefault(quantization_key(hw_point, with_act_bits=not timing_only), []).append(
