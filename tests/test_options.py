@@ -167,3 +167,32 @@ def test_model_loading_options_reach_run_and_sweep_alike(tmp_path):
         run(HW, path, options.replace(trust_pickle=False))
     with pytest.raises(ModelLoadError, match="trust"):
         run_sweep(HW, path, [2], [8], options.replace(trust_pickle=False))
+
+
+def test_where_options_exclude_each_other_and_points_run_serially():
+    """jobs/workers/dask are RunOptions fields (at most one); a sweep point's options carry none of them, nor the
+    data, so a point never starts a second pool on its worker."""
+    from tersim.errors import OptionError
+    from tersim.sweeps.plan import plan_tasks
+
+    with pytest.raises(OptionError, match="at most one of jobs, workers, dask"):
+        RunOptions.of(jobs=2, workers=2)
+    assert RunOptions.of(jobs=3).where() == {"jobs": 3, "workers": None, "dask": None}
+    options = RunOptions.of(jobs=3, data=DATA, calib=DATA, loader_workers=0)
+    hw = load_accelerator(HW)
+    (task,) = plan_tasks([((), hw)], [4], [8], options, "g", "d", False)
+    point = task.points[0].options
+    assert (point.jobs, point.workers, point.dask, point.data, point.calib) == (None, None, None, None, None)
+    assert point.loader_workers == 0 and point.group_size == 4 and point.act_bits == 8
+
+
+def test_model_data_flags_are_generated_from_the_fields():
+    from tersim.cli import build_parser, run_options
+
+    args = build_parser().parse_args(["run", str(HW), str(MODEL), "--weights", "w.pth", "--preprocess", "none",
+                                      "--class-map", "m.txt", "--calib", "c.npz", "--loader-workers", "0", "-q",
+                                      "--jobs", "2"])
+    options = run_options(args)
+    assert (options.weights, options.preprocess, options.class_map, options.calib) == ("w.pth", "none", "m.txt",
+                                                                                       "c.npz")
+    assert (options.loader_workers, options.quiet, options.jobs) == (0, True, 2)
