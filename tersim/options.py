@@ -189,14 +189,22 @@ def choices(name: str) -> tuple | None:
 
 
 # --- command-line parsing of option values (shared by every sub-command) ---
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid int value: '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 def input_shape_arg(text: str) -> tuple[int, ...]:
@@ -207,16 +215,6 @@ def input_shape_arg(text: str) -> tuple[int, ...]:
     if any(d < 1 for d in shape):
         raise argparse.ArgumentTypeError(f"--input-shape wants positive ints like 3,32,32, got '{text}'")
     return shape
-
-
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def finite_float(text: str) -> float:
