@@ -253,3 +253,35 @@ def test_python_api_takes_datasets_and_dataloaders_like_arrays():
 
     got = tersim.run(HW, "examples/digits_resnet.pt2", data=Unlabelled(), **common).summary
     assert not got.labelled[0] and "accuracy_fp32" not in got and got.top1_agreement[0] == expected.top1_agreement[0]
+
+
+def test_calib_folder_serves_bn_reestimate_like_arrays_and_is_refused_as_the_data(tmp_path, capsys):
+    """One `calib` for both uses: an image folder (decoded values equal to arrays) gives the activation-range
+    batches and bn_reestimate's statistics exactly as the same arrays do; the report names the folder; the
+    evaluation folder itself is refused as calibration data."""
+    from tersim.pipeline import prepare, run
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (2, 20, 8, 8)).astype(np.uint8)
+    for c in range(2):
+        (tmp_path / "calib" / f"c{c}").mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(pixels[c, i], "L").save(tmp_path / "calib" / f"c{c}" / f"{i:02d}.png")
+    arrays = (pixels.reshape(40, 1, 8, 8).astype(np.float32) / 255, None)  # sorted folders, sorted files
+    common = dict(data="examples/digits_test.npz", limit=24, timing="analytic", batch_size=8, group_size=4,
+                  correction="bn_reestimate", loader_workers=0)
+    model = "examples/digits_resnet.pt2"
+    on_folder = run(HW, model, calib=tmp_path / "calib", preprocess="none", **common).summary
+    on_arrays = run(HW, model, calib=arrays, **common).summary
+    assert on_folder.calibration_split[0] == "calib"
+    assert on_arrays.calibration_split[0] == "in-memory calibration inputs"
+    pd.testing.assert_frame_equal(on_folder.drop(columns="calibration_split"),
+                                  on_arrays.drop(columns="calibration_split"))
+    # activation ranges come from `calib`, not from the evaluation data (input format of the first layer)
+    with_calib = prepare(HW, model, calib=arrays, **{**common, "correction": "none"}).qgraph
+    scaled = prepare(HW, model, calib=(arrays[0] * 8, None), **{**common, "correction": "none"}).qgraph
+    name = with_calib.graph.input.name
+    assert with_calib.layers[name].out.frac == scaled.layers[name].out.frac + 3
+    with pytest.raises(DataError, match="the calibration data is the evaluation data"):
+        prepare(HW, model, **{**common, "data": tmp_path / "calib", "calib": tmp_path / "calib", "preprocess": "none",
+                              "limit": None})
