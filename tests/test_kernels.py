@@ -340,6 +340,23 @@ def test_conv_simd_tiles(act, Cout, Cin, k, stride, dilation, padding):
     assert calls  # the simd strategy (and auto) really ran the VNNI kernel
 
 
+@pytest.mark.skipif(not ksimd.HAVE_VNNI, reason="host CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize("shift", [-3, 0, 1, 9, 30, 31, 45])
+@pytest.mark.parametrize("B, H, W, Cout", [(1, 6, 6, 64), (3, 5, 5, 50), (2, 1, 1, 33), (1, 13, 11, 96)])
+def test_conv_simd_epilogue(shift, B, H, W, Cout):
+    """The VNNI tile epilogue: the int32 round-half-even shift (0 < shift < 31) and the int64 one for other
+    shifts, the transposed store of tiles inside one image and the scalar scatter of tiles that straddle
+    images (B > 1 with H * W not a multiple of PMAX), 1-pixel outputs, partial channel blocks, channels on
+    the exact path left to the grid; wide and narrow output ranges."""
+    rng = np.random.default_rng(B * 1000 + H * W + Cout + shift)
+    x, codes, alpha, bias = random_conv_inputs(rng, B, 40, H, W, Cout, 40, 3, 3, 4, "int8", "ternary",
+                                               bias_mag=2**20)
+    x.reshape(-1)[::5] = -128
+    bias[1] = 2**33   # exact path: this lane is masked out of the transposed store
+    for out_lo, out_hi in [(-128, 127), (-(2**31), 2**31 - 1)]:
+        helper_conv(x, codes, alpha, bias, naive=False, **conv_kw(shift=shift, out_lo=out_lo, out_hi=out_hi))
+
+
 def test_conv_rejects_bad_arguments():
     x = np.zeros((1, 4, 5, 5), np.int32)
     codes, alpha, bias = np.ones((2, 4, 3, 3), np.int8), np.ones((2, 3, 3, 1), np.int32), np.zeros(2, np.int64)

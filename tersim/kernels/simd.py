@@ -121,6 +121,52 @@ def _vnni_tile(typingctx, wp, w0, xq, bases, b0, npix, runs, run_len, out):
     return sig, codegen
 
 
+@intrinsic
+def _store_tile_t(typingctx, acc, npix, y, d0, plane, rowmask):
+    """Transposed store of one requantized tile: y[d0 + lane * plane + p] = acc[p * LANES + lane] for p < npix
+    <= PMAX and every lane whose bit is set in rowmask (int32 arrays). Per 16 lanes: PMAX row loads, a
+    4-round shuffle transpose (rows padded to 16 with zeros) and one masked store of npix pixels per lane,
+    instead of PMAX * 16 scalar stores."""
+    if acc.dtype != types.int32 or y.dtype != types.int32:
+        return None  # the IR below addresses int32 elements
+    sig = types.void(acc, npix, y, d0, plane, rowmask)
+
+    def codegen(context, builder, signature, args):
+        acc_, npix_, y_, d0_, plane_, rowmask_ = args
+        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+        ad = context.make_array(signature.args[0])(context, builder, acc_).data
+        yd = builder.gep(context.make_array(signature.args[2])(context, builder, y_).data, [d0_])
+        vp = _VEC.as_pointer()
+        undef = ir.Constant(_VEC, ir.Undefined)
+        npv = builder.shuffle_vector(builder.insert_element(undef, builder.trunc(npix_, i32), ir.Constant(i32, 0)),
+                                     undef, ir.Constant(_VEC, None))
+        mask = builder.icmp_signed("<", ir.Constant(_VEC, list(range(16))), npv)
+        mstore = builder.module.declare_intrinsic(
+            "llvm.masked.store.v16i32.p0", fnty=ir.FunctionType(ir.VoidType(), [_VEC, vp, i32, ir.VectorType(i1, 16)]))
+        rowmask64 = builder.sext(rowmask_, i64) if rowmask_.type.width < 64 else rowmask_
+        zero = ir.Constant(_VEC, None)
+        for c in range(CB):
+            v = [builder.load(builder.bitcast(builder.gep(ad, [ir.Constant(i64, p * LANES + 16 * c)]), vp), align=4)
+                 if p < PMAX else zero for p in range(16)]
+            for b in (1, 2, 4, 8):
+                first, second = _transpose_masks(b)
+                w = list(v)
+                for r in range(16):
+                    if r & b == 0:
+                        w[r] = builder.shuffle_vector(v[r], v[r + b], ir.Constant(_VEC, first))
+                        w[r + b] = builder.shuffle_vector(v[r], v[r + b], ir.Constant(_VEC, second))
+                v = w
+            for i in range(16):
+                lane = 16 * c + i
+                bit = builder.and_(builder.lshr(rowmask64, ir.Constant(i64, lane)), ir.Constant(i64, 1))
+                with builder.if_then(builder.icmp_unsigned("!=", bit, ir.Constant(i64, 0))):
+                    dst = builder.gep(yd, [builder.mul(plane_, ir.Constant(i64, lane))])
+                    builder.call(mstore, [v[i], builder.bitcast(dst, vp), ir.Constant(i32, 4), mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 # ----------------------------------------------------------------------------------------------- layout
 
 def pack_weights(w16: np.ndarray, cin_pad: int) -> np.ndarray:
@@ -243,14 +289,39 @@ def channels_last_pairs(x, ph, pw, c2):
 
 # ----------------------------------------------------------------------------------------------- kernel
 
+@njit(cache=True, inline="always")
+def _requantize_tile(acc, n, bb, shift, out_lo, out_hi):
+    """acc[p * LANES + lane] = clamp(round_shift(acc + bb[lane], shift)) for p < n. acc + bias fits int32 on
+    a fast channel, and for 0 < shift < 31 the round-half-even shift is exact in int32 (q << shift and the
+    remainder stay in range), so the common case runs 16 lanes per vector op; other shifts take int64."""
+    if 0 < shift < 31:
+        half = np.int32(1 << (shift - 1))
+        lo = np.int32(out_lo)
+        hi = np.int32(out_hi)
+        for p in range(n):
+            for lane in range(LANES):
+                v = np.int32(acc[p * LANES + lane] + bb[lane])
+                q = np.int32(v >> shift)
+                r = np.int32(v - (q << shift))
+                q = np.int32(q + np.int32((r > half) | ((r == half) & ((q & 1) == 1))))
+                acc[p * LANES + lane] = min(max(q, lo), hi)
+    else:
+        for p in range(n):
+            for lane in range(LANES):
+                acc[p * LANES + lane] = shift_round_clamp(np.int32(acc[p * LANES + lane] + bb[lane]), shift, out_lo,
+                                                          out_hi)
+
+
 @njit(cache=True, parallel=True)
-def conv2d_vnni_kernel(xq, wp, bias32, use, bases, outs, runs, run_len, plane, shift, out_lo, out_hi, y):
+def conv2d_vnni_kernel(xq, wp, bias32, use, rowmask, bases, outs, runs, run_len, plane, shift, out_lo, out_hi, y):
     """y[o * plane + outs[pix]] for channels with use[o], on tiles of PMAX pixels x LANES channels.
 
     xq: flat int32 pair words of the padded channels-last input; wp (nblk, K2 * LANES) int32; bases: base
     pair word of every output pixel (b, oy, ox) flattened, outs: its offset in the flat y of channel 0;
-    runs: start of each kernel run relative to the base. Work items are (channel block, pixel tile),
-    block-major so that one thread reuses a block's weights.
+    runs: start of each kernel run relative to the base; rowmask[blk]: bit lane set when channel
+    blk * LANES + lane is used. Work items are (channel block, pixel tile), block-major so that one thread
+    reuses a block's weights. A tile whose pixels are consecutive in y (all but tiles that straddle two
+    images) is stored transposed by _store_tile_t.
     """
     npx = bases.size
     Cout = use.size
@@ -262,11 +333,11 @@ def conv2d_vnni_kernel(xq, wp, bias32, use, bases, outs, runs, run_len, plane, s
         n = min(PMAX, npx - p0)
         acc = np.empty(PMAX * LANES, np.int32)
         _vnni_tile(wp[blk], 0, xq, bases, p0, n, runs, run_len, acc)
-        bb = bias32[blk * LANES:(blk + 1) * LANES]
-        for p in range(n):  # requantize: contiguous over lanes, vectorised
-            for lane in range(LANES):
-                acc[p * LANES + lane] = shift_round_clamp(np.int32(acc[p * LANES + lane] + bb[lane]), shift, out_lo,
-                                                          out_hi)
+        _requantize_tile(acc, n, bias32[blk * LANES:(blk + 1) * LANES], shift, out_lo, out_hi)
+        d0 = outs[p0]
+        if outs[p0 + n - 1] - d0 == n - 1:
+            _store_tile_t(acc, n, y, blk * LANES * plane + d0, plane, rowmask[blk])
+            continue
         for lane in range(LANES):  # scatter into the NCHW output
             o = blk * LANES + lane
             if o < Cout and use[o]:
@@ -296,5 +367,8 @@ def conv2d_vnni(x, wp, cin_pad, bias_q, use, kh, kw, stride, padding, dilation, 
         run_len = c2
     bias32 = np.zeros(wp.shape[0] * LANES, np.int32)
     bias32[:Cout] = np.where(use, bias_q, 0)  # |bias| of a fast channel fits int32
-    conv2d_vnni_kernel(xq.reshape(-1), wp, bias32, use, bases, outs,
+    lanes = np.zeros(wp.shape[0] * LANES, np.int64)
+    lanes[:Cout] = use
+    rowmask = (lanes.reshape(-1, LANES) << np.arange(LANES, dtype=np.int64)).sum(axis=1)
+    conv2d_vnni_kernel(xq.reshape(-1), wp, bias32, use, rowmask, bases, outs,
                        runs, run_len, OH * OW, int(shift), out_lo, out_hi, y.reshape(-1))
