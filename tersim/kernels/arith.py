@@ -6,7 +6,7 @@ are loop-invariant, so LLVM hoists the branches out of the vectorised loops.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
@@ -73,3 +73,16 @@ def div_round_half_even(v, d):
     q = v // d
     r = v - q * d
     return q + np.int64((2 * r > d) | ((2 * r == d) & ((q & 1) == 1)))
+
+
+@njit(cache=True, parallel=True)
+def min_max(flat):
+    """(min, max) of a non-empty 1-D integer array in one parallel pass (numpy's min and max are two serial
+    passes; activations are scanned for every layer)."""
+    lo = flat[0]
+    hi = flat[0]
+    for i in prange(flat.size):
+        v = flat[i]
+        lo = min(lo, v)
+        hi = max(hi, v)
+    return lo, hi

@@ -6,10 +6,11 @@ implemented independently in each backend.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from tersim.kernels.arith import min_max
 from tersim.quantize.layout import check_layout, groups_per_filter, scale_count
 
 MAX_ACC_BITS = 48
@@ -48,9 +49,21 @@ def acc_range(acc_bits: int) -> tuple[int, int]:
     return -(2 ** (acc_bits - 1)), 2 ** (acc_bits - 1) - 1
 
 
+MIN_MAX_PARALLEL = 1 << 15  # elements: below this numpy's two passes cost less than a parallel launch
+
+
 def max_abs(a: np.ndarray) -> int:
     """max |a| as a Python int (exact, no temporary copy)."""
-    return max(-int(a.min()), int(a.max())) if a.size else 0
+    if not a.size:
+        return 0
+    if a.size >= MIN_MAX_PARALLEL and a.dtype in _MIN_MAX_TYPES and a.flags.c_contiguous:
+        lo, hi = min_max(a.reshape(-1))
+    else:
+        lo, hi = a.min(), a.max()
+    return max(-int(lo), int(hi))
+
+
+_MIN_MAX_TYPES = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64))
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,7 @@ class ConvSpec:
     out_hi: int
     group_layout: str = "channel"   # tersim.quantize.layout: which weights share alpha, and the K order
     scales: int = 1                 # multiplies per group: 1, or 2 (alpha+ for +1 codes, alpha- for -1 codes)
+    xmax: int = field(default=0, compare=False)  # max |x| of the checked call (saves the kernels a rescan)
 
     @property
     def n_alpha_groups(self) -> int:
@@ -106,9 +120,11 @@ def alpha_shape(cout: int, cin_g: int, kh: int, kw: int, group_size: int, group_
 
 
 def check_conv(x, codes, alpha_q, bias_q, *, group_size, stride, padding, dilation, groups, acc_bits,
-               out_lo, out_hi, group_layout: str = "channel",
-               scales: str | int = 1) -> tuple[ConvSpec, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Validate a conv2d_int call; returns the spec and the arrays as (x, codes, alpha_q, bias_q)."""
+               out_lo, out_hi, group_layout: str = "channel", scales: str | int = 1,
+               weight_max: tuple[int, int] | None = None) -> tuple[ConvSpec, np.ndarray, np.ndarray, np.ndarray,
+                                                                  np.ndarray]:
+    """Validate a conv2d_int call; returns the spec and the arrays as (x, codes, alpha_q, bias_q).
+    weight_max: (max|codes|, max|alpha_q|) when the caller already knows them for this content."""
     check_layout(group_layout)
     n_scales = scale_count(scales)
     x = int_array(x, "x", 4)
@@ -122,7 +138,8 @@ def check_conv(x, codes, alpha_q, bias_q, *, group_size, stride, padding, dilati
         raise ValueError(f"codes {codes.shape} do not fit input {x.shape} with groups={groups}")
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
-    mx, mc, ma = max_abs(x), max_abs(codes), max_abs(alpha_q)  # each scanned once (weights are large)
+    mx = max_abs(x)
+    mc, ma = weight_max if weight_max is not None else (max_abs(codes), max_abs(alpha_q))  # weights are large
     if mc > 127:
         raise ValueError("codes must lie in [-127, 127]")
     G = math.ceil(cin_g / group_size)
@@ -149,7 +166,7 @@ def check_conv(x, codes, alpha_q, bias_q, *, group_size, stride, padding, dilati
     if n_scales * psum_bound * ma > PRODUCT_LIMIT:
         raise ValueError("psum * alpha_q may exceed int64: inputs, codes or alphas are far too large")
     spec = ConvSpec(B, Cin, H, W, Cout, cin_g, kh, kw, G, OH, OW, (sh, sw), (ph, pw), (dh, dw), groups,
-                    group_size, acc_lo, acc_hi, lo, hi, group_layout, n_scales)
+                    group_size, acc_lo, acc_hi, lo, hi, group_layout, n_scales, mx)
     return spec, x, codes, alpha_q, bias_q
 
 

@@ -75,15 +75,16 @@ def plan_channels(codes_t, alpha, group_size):
     return S, weff, wmax
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def fingerprint(words):
-    """Two 64-bit position-weighted sums of the data: any single changed word changes h1 (odd weights)."""
+    """Two 64-bit position-weighted sums of the data: any single changed word changes h1 (odd weights).
+    Sums mod 2**64 do not depend on the order, so the pass is split over threads."""
     h1 = np.uint64(0)
     h2 = np.uint64(0)
     golden = np.uint64(0x9E3779B97F4A7C15)
     mix = np.uint64(0xD6E8FEB86659FD93)
     one = np.uint64(1)
-    for i in range(words.size):
+    for i in prange(words.size):
         k = (np.uint64(i) * golden) | one
         v = words[i]
         h1 += v * k
@@ -324,12 +325,33 @@ def _content_key(a: np.ndarray) -> tuple:
 
 
 _plan_cache: OrderedDict[tuple, dict] = OrderedDict()
+_weight_max_cache: OrderedDict[tuple, tuple[int, int]] = OrderedDict()
 
 
-def _weight_plan(codes4: np.ndarray, alpha4: np.ndarray, group_size: int) -> dict:
+def _weight_keys(codes, alpha_q) -> tuple[tuple, tuple[int, int] | None]:
+    """Content keys of (codes, alpha_q) and their remembered (max|codes|, max|alpha_q|), if seen before:
+    the argument checks then skip two scans of the weights per call."""
+    wkey = (_content_key(np.asarray(codes)), _content_key(np.asarray(alpha_q)))
+    known = _weight_max_cache.get(wkey)
+    if known is not None:
+        _weight_max_cache.move_to_end(wkey)
+    return wkey, known
+
+
+def _remember_weight_max(wkey: tuple, codes: np.ndarray, alpha_q: np.ndarray) -> None:
+    if wkey not in _weight_max_cache:
+        _weight_max_cache[wkey] = (max_abs(codes), max_abs(alpha_q))
+        while len(_weight_max_cache) > PLAN_CACHE_SIZE:
+            _weight_max_cache.popitem(last=False)
+
+
+def _weight_plan(codes4: np.ndarray, alpha4: np.ndarray, group_size: int, wkey: tuple | None = None) -> dict:
     """plan_channels for these weights, cached by content: a deep layer at batch 1 has only ~50 MACs per
-    weight, so re-deriving the folded weights on every call would cost as much as the conv."""
-    key = (_content_key(codes4), _content_key(alpha4), int(group_size))
+    weight, so re-deriving the folded weights on every call would cost as much as the conv. wkey: the
+    content keys of (codes4, alpha4) if the caller has them (reshaping does not change the bytes)."""
+    if wkey is None:
+        wkey = (_content_key(codes4), _content_key(alpha4))
+    key = (*wkey, int(group_size))
     plan = _plan_cache.get(key)
     if plan is None:
         codes_t = np.ascontiguousarray(codes4.transpose(0, 2, 3, 1), np.int8)
@@ -447,17 +469,19 @@ def conv2d_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np
     """Integer conv2d: x (B, Cin, H, W), codes int8 (Cout, Cin/groups, kh, kw), alpha_q (Cout, kh, kw, G),
     bias_q (Cout,) -> (y int32 (B, Cout, OH, OW), overflow events). The design-space variants (kernel group
     layout, two scales: alpha_q shapes in tersim.quantize.fgq) run on tersim.kernels.grouped."""
+    wkey, known = _weight_keys(codes, alpha_q)
     spec, x, codes, alpha_q, bias_q = check_conv(x, codes, alpha_q, bias_q, group_size=group_size, stride=stride,
                                                  padding=padding, dilation=dilation, groups=groups,
                                                  acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi,
-                                                 group_layout=group_layout, scales=scales)
+                                                 group_layout=group_layout, scales=scales, weight_max=known)
+    _remember_weight_max(wkey, codes, alpha_q)
     if not spec.is_default_variant:
         return conv2d_grouped(x, codes, alpha_q, bias_q, spec, saturate, shift)
     y = np.empty((spec.B, spec.Cout, spec.OH, spec.OW), np.int32)
     if y.size == 0:
         return y, 0
-    xmax = max_abs(x)
-    plan = _weight_plan(codes, alpha_q, spec.group_size)
+    xmax = spec.xmax
+    plan = _weight_plan(codes, alpha_q, spec.group_size, wkey)
     fast = _fast_channels(plan, bias_q, spec, xmax)
     segment = spec.cin_g * (spec.kw if spec.dilation[1] == 1 else 1)
     has_simd = simd.HAVE_VNNI and spec.groups == 1
@@ -497,7 +521,7 @@ def linear_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np
     y = np.empty((spec.B, spec.Cout), np.int32)
     if y.size == 0:
         return y, 0
-    xmax = max_abs(x)
+    xmax = spec.xmax
     plan = _weight_plan(codes[:, :, None, None], alpha_q[:, None, None, :], spec.group_size)
     fast = _fast_channels(plan, bias_q, spec, xmax)
     narrow = xmax < 2**15 and plan["wmax"][fast].max(initial=0) < 2**15  # int16 operands: vpmaddwd

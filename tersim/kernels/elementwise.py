@@ -10,10 +10,22 @@ from tersim.kernels.common import check_add, check_out_range, int_array, max_abs
 
 @njit(cache=True, parallel=True)
 def add_kernel(a, da, b, db, s, out_lo, out_hi, y):
-    """y = clamp(round_shift(a * 2**da + b * 2**db, s)): both inputs aligned to the finer scale, one rounding."""
-    for i in prange(y.size):
-        v = (np.int64(a[i]) << da) + (np.int64(b[i]) << db)
-        y[i] = shift_round_clamp(v, s, out_lo, out_hi)
+    """y = clamp(round_shift(a * 2**da + b * 2**db, s)): both inputs aligned to the finer scale, one rounding.
+    The usual right shift (0 < s < 63) has its own branch-free loop, so it runs as int64 vector ops."""
+    if 0 < s < 63:
+        half = np.int64(1) << (s - 1)
+        lo = np.int64(out_lo)
+        hi = np.int64(out_hi)
+        for i in prange(y.size):
+            v = (np.int64(a[i]) << da) + (np.int64(b[i]) << db)
+            q = v >> s
+            r = v - (q << s)
+            q += np.int64((r > half) | ((r == half) & ((q & 1) == 1)))
+            y[i] = min(max(q, lo), hi)
+    else:
+        for i in prange(y.size):
+            v = (np.int64(a[i]) << da) + (np.int64(b[i]) << db)
+            y[i] = shift_round_clamp(v, s, out_lo, out_hi)
 
 
 @njit(cache=True, parallel=True)

@@ -12,25 +12,46 @@ from tersim.kernels.arith import div_round_half_even
 from tersim.kernels.common import check_adaptive, check_out_range, check_pool
 
 
+@njit(cache=True)
+def _tap_range(o, s, p, d, k, n):
+    """Taps j (0 <= j < k) of output position o whose input o * s - p + j * d lies in [0, n): [j0, j1)."""
+    i0 = o * s - p
+    j0 = 0 if i0 >= 0 else (-i0 + d - 1) // d
+    j1 = 0 if i0 >= n else min(k, (n - i0 + d - 1) // d)
+    return j0, max(j0, j1)
+
+
 @njit(cache=True, parallel=True)
 def max_pool_kernel(x, kh, kw, sh, sw, ph, pw, dh, dw, y):
+    """Per output row, the max over the window's valid rows (contiguous, vectorised over W), then over the
+    valid columns of each window; padding is skipped, never compared (every window holds an input)."""
     B, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
+    cols = np.empty((OW, 2), np.int64)
+    for ox in range(OW):
+        cols[ox, 0], cols[ox, 1] = _tap_range(ox, sw, pw, dw, kw, W)
     for item in prange(B * C):
         b = item // C
         c = item % C
+        plane = x[b, c]
+        colmax = np.empty(W, x.dtype)
         for oy in range(OH):
+            i0, i1 = _tap_range(oy, sh, ph, dh, kh, H)
+            out = y[b, c, oy]
+            if i1 == i0:  # no input row in the window (as before: the padding value, never an input)
+                out[:] = -(2**62)
+                continue
+            colmax[:] = plane[oy * sh - ph + i0 * dh]
+            for i in range(i0 + 1, i1):
+                row = plane[oy * sh - ph + i * dh]
+                for ix in range(W):
+                    colmax[ix] = max(colmax[ix], row[ix])
             for ox in range(OW):
                 m = np.int64(-(2**62))  # below any int32: padding never wins
-                for i in range(kh):
-                    iy = oy * sh - ph + i * dh
-                    if iy < 0 or iy >= H:
-                        continue
-                    for j in range(kw):
-                        ix = ox * sw - pw + j * dw
-                        if 0 <= ix < W and x[b, c, iy, ix] > m:
-                            m = np.int64(x[b, c, iy, ix])
-                y[b, c, oy, ox] = m
+                base = ox * sw - pw
+                for j in range(cols[ox, 0], cols[ox, 1]):
+                    m = max(m, np.int64(colmax[base + j * dw]))
+                out[ox] = m
 
 
 @njit(cache=True, parallel=True)

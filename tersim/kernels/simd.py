@@ -27,6 +27,8 @@ kernels otherwise.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
@@ -346,15 +348,19 @@ def conv2d_vnni_kernel(xq, wp, bias32, use, rowmask, bases, outs, runs, run_len,
                     yo[outs[p0 + p]] = acc[p * LANES + lane]
 
 
-def conv2d_vnni(x, wp, cin_pad, bias_q, use, kh, kw, stride, padding, dilation, shift, out_lo, out_hi, y):
-    """Channels with use[o] of a groups == 1 conv with alpha-folded int16 weights packed by pack_weights into
-    y (B, Cout, OH, OW)."""
-    x = np.ascontiguousarray(x, np.int32)  # channels_last_pairs reads int32 rows (values fit int16 here)
-    B, C, H, W = x.shape
-    Cout, OH, OW = y.shape[1:]
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    xq = channels_last_pairs(x, ph, pw, cin_pad // 2)
-    Hp, Wp, c2 = xq.shape[1], xq.shape[2], cin_pad // 2
+_geometry_cache: OrderedDict[tuple, tuple] = OrderedDict()
+GEOMETRY_CACHE_SIZE = 256
+
+
+def _tile_geometry(B, Cout, OH, OW, Hp, Wp, c2, kh, kw, stride, dilation) -> tuple:
+    """(bases, outs, runs, run_len) of conv2d_vnni_kernel for one conv shape, cached: a network calls the same
+    few shapes over and over, and rebuilding the index arrays costs more than a small layer's convolution."""
+    key = (B, Cout, OH, OW, Hp, Wp, c2, kh, kw, stride, dilation)
+    geometry = _geometry_cache.get(key)
+    if geometry is not None:
+        _geometry_cache.move_to_end(key)
+        return geometry
+    (sh, sw), (dh, dw) = stride, dilation
     b, oy, ox = np.meshgrid(np.arange(B), np.arange(OH), np.arange(OW), indexing="ij")
     bases = (((b * Hp + oy * sh) * Wp + ox * sw) * c2).reshape(-1).astype(np.int64)
     outs = ((b * Cout * OH + oy) * OW + ox).reshape(-1).astype(np.int64)
@@ -365,10 +371,28 @@ def conv2d_vnni(x, wp, cin_pad, bias_q, use, kh, kw, stride, padding, dilation, 
         ky, kx = np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij")
         runs = ((ky * dh * Wp + kx * dw) * c2).reshape(-1).astype(np.int64)
         run_len = c2
-    bias32 = np.zeros(wp.shape[0] * LANES, np.int32)
+    for a in (bases, outs, runs):
+        a.flags.writeable = False
+    geometry = (bases, outs, runs, run_len)
+    _geometry_cache[key] = geometry
+    while len(_geometry_cache) > GEOMETRY_CACHE_SIZE:
+        _geometry_cache.popitem(last=False)
+    return geometry
+
+
+def conv2d_vnni(x, wp, cin_pad, bias_q, use, kh, kw, stride, padding, dilation, shift, out_lo, out_hi, y):
+    """Channels with use[o] of a groups == 1 conv with alpha-folded int16 weights packed by pack_weights into
+    y (B, Cout, OH, OW)."""
+    x = np.ascontiguousarray(x, np.int32)  # channels_last_pairs reads int32 rows (values fit int16 here)
+    Cout, OH, OW = y.shape[1:]
+    xq = channels_last_pairs(x, *padding, cin_pad // 2)
+    B, Hp, Wp, c2 = xq.shape
+    bases, outs, runs, run_len = _tile_geometry(B, Cout, OH, OW, Hp, Wp, c2, kh, kw, tuple(stride), tuple(dilation))
+    nblk = wp.shape[0]
+    bias32 = np.zeros(nblk * LANES, np.int32)
     bias32[:Cout] = np.where(use, bias_q, 0)  # |bias| of a fast channel fits int32
-    lanes = np.zeros(wp.shape[0] * LANES, np.int64)
+    lanes = np.zeros(nblk * LANES, np.int64)
     lanes[:Cout] = use
     rowmask = (lanes.reshape(-1, LANES) << np.arange(LANES, dtype=np.int64)).sum(axis=1)
-    conv2d_vnni_kernel(xq.reshape(-1), wp, bias32, use, rowmask, bases, outs,
-                       runs, run_len, OH * OW, int(shift), out_lo, out_hi, y.reshape(-1))
+    conv2d_vnni_kernel(xq.reshape(-1), wp, bias32, use, rowmask, bases, outs, runs, run_len, OH * OW, int(shift),
+                       out_lo, out_hi, y.reshape(-1))
