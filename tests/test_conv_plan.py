@@ -49,3 +49,35 @@ def test_weights_changed_in_place_are_refused():
     codes[0, 0, 0, 0] = -codes[0, 0, 0, 0] or 1
     with pytest.raises(RuntimeError, match="in place"):
         conv._folded_weights(plan)
+
+
+def test_weight_maxima_follow_the_content():
+    """The argument checks reuse max|codes| and max|alpha| by content: weights changed in place after a call
+    are checked again (an out-of-range code is still refused; a bigger alpha still changes the result)."""
+    x, codes, alpha, bias = _layer(3)
+    conv.conv2d_int(x, codes, alpha, bias, **ARGS)
+    alpha[5, 1, 1, 2] = 2**20                                           # may overflow now: exact path, events
+    y, ev = conv.conv2d_int(x, codes, alpha, bias, **dict(ARGS, acc_bits=24))
+    ref, ev_ref = conv_ref(x, codes, alpha, bias, **dict(ARGS, acc_bits=24))
+    np.testing.assert_array_equal(y, np.asarray(ref))
+    assert ev == int(ev_ref) > 0
+    codes[0, 0, 0, 0] = -128
+    with pytest.raises(ValueError, match="codes must lie"):
+        conv.conv2d_int(x, codes, alpha, bias, **ARGS)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16])
+def test_max_abs_parallel_and_numpy_paths(dtype):
+    """max_abs over the parallel one-pass kernel (large contiguous signed arrays) and numpy (the rest) at
+    the dtype's extremes, wherever they sit."""
+    from tersim.kernels.common import MIN_MAX_PARALLEL, max_abs
+
+    info = np.iinfo(dtype)
+    for n in (5, MIN_MAX_PARALLEL + 3):
+        for pos in (0, n // 2, n - 1):
+            a = np.zeros(n, dtype)
+            a[pos] = info.min
+            assert max_abs(a) == abs(int(info.min))
+            assert max_abs(a[::2]) == (abs(int(info.min)) if pos % 2 == 0 else 0)  # not contiguous: numpy
+            a[pos] = info.max
+            assert max_abs(a.reshape(1, -1)) == int(info.max)
