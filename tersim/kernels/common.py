@@ -66,6 +66,13 @@ def max_abs(a: np.ndarray) -> int:
 _MIN_MAX_TYPES = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64))
 
 
+def _int32_bound(a: np.ndarray) -> int:
+    """max |a| for a range check against 2**31: 0 without a scan when the dtype itself fits int32."""
+    fits = a.dtype == bool or (a.dtype.kind == "i" and a.dtype.itemsize <= 4) or (
+        a.dtype.kind == "u" and a.dtype.itemsize <= 2)
+    return 0 if fits else max_abs(a)
+
+
 @dataclass(frozen=True)
 class ConvSpec:
     """Every size a conv/linear kernel needs, checked once."""
@@ -250,6 +257,6 @@ def check_add(a, a_frac, b, b_frac, out_frac) -> tuple[np.ndarray, np.ndarray, i
     da, db, s = F - int(a_frac), F - int(b_frac), F - int(out_frac)
     if max(da, db) > 30:
         raise ValueError(f"fractional bits {a_frac} and {b_frac} are too far apart (> 30)")
-    if max(max_abs(a), max_abs(b)) >= 2**31:
+    if max(_int32_bound(a), _int32_bound(b)) >= 2**31:
         raise ValueError("add_int inputs must fit int32")
     return a, b, da, db, s

@@ -41,6 +41,7 @@ from tersim.kernels.arith import shift_round_clamp
 CB = 2                 # zmm vectors of 16 output channels per tile
 LANES = 16 * CB        # output channels per tile
 PMAX = 12              # pixels per tile: CB * PMAX = 24 of the 32 zmm registers hold accumulators
+ITEMS_PER_CHUNK = 8    # tiles per parallel work item: amortises the tile buffer, keeps 2 threads balanced
 
 
 def _host_has_vnni() -> bool:
@@ -329,23 +330,26 @@ def conv2d_vnni_kernel(xq, wp, bias32, use, rowmask, bases, outs, runs, run_len,
     Cout = use.size
     n_tiles = (npx + PMAX - 1) // PMAX
     nblk = wp.shape[0]
-    for item in prange(nblk * n_tiles):
-        blk = item // n_tiles
-        p0 = (item % n_tiles) * PMAX
-        n = min(PMAX, npx - p0)
-        acc = np.empty(PMAX * LANES, np.int32)
-        _vnni_tile(wp[blk], 0, xq, bases, p0, n, runs, run_len, acc)
-        _requantize_tile(acc, n, bias32[blk * LANES:(blk + 1) * LANES], shift, out_lo, out_hi)
-        d0 = outs[p0]
-        if outs[p0 + n - 1] - d0 == n - 1:
-            _store_tile_t(acc, n, y, blk * LANES * plane + d0, plane, rowmask[blk])
-            continue
-        for lane in range(LANES):  # scatter into the NCHW output
-            o = blk * LANES + lane
-            if o < Cout and use[o]:
-                yo = y[o * plane:]
-                for p in range(n):
-                    yo[outs[p0 + p]] = acc[p * LANES + lane]
+    n_items = nblk * n_tiles
+    n_chunks = (n_items + ITEMS_PER_CHUNK - 1) // ITEMS_PER_CHUNK
+    for chunk in prange(n_chunks):
+        acc = np.empty(PMAX * LANES, np.int32)  # one tile buffer per chunk of work items, not per tile
+        for item in range(chunk * ITEMS_PER_CHUNK, min(n_items, (chunk + 1) * ITEMS_PER_CHUNK)):
+            blk = item // n_tiles
+            p0 = (item % n_tiles) * PMAX
+            n = min(PMAX, npx - p0)
+            _vnni_tile(wp[blk], 0, xq, bases, p0, n, runs, run_len, acc)
+            _requantize_tile(acc, n, bias32[blk * LANES:(blk + 1) * LANES], shift, out_lo, out_hi)
+            d0 = outs[p0]
+            if outs[p0 + n - 1] - d0 == n - 1:
+                _store_tile_t(acc, n, y, blk * LANES * plane + d0, plane, rowmask[blk])
+                continue
+            for lane in range(LANES):  # scatter into the NCHW output
+                o = blk * LANES + lane
+                if o < Cout and use[o]:
+                    yo = y[o * plane:]
+                    for p in range(n):
+                        yo[outs[p0 + p]] = acc[p * LANES + lane]
 
 
 _geometry_cache: OrderedDict[tuple, tuple] = OrderedDict()
