@@ -36,7 +36,7 @@ from numba import njit, prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from tersim.kernels.arith import shift_round_clamp
+from tersim.kernels.arith import INT32_MAX, INT32_MIN, shift_round_clamp
 
 CB = 2                 # zmm vectors of 16 output channels per tile
 LANES = 16 * CB        # output channels per tile
@@ -125,31 +125,54 @@ def _vnni_tile(typingctx, wp, w0, xq, bases, b0, npix, runs, run_len, out):
 
 
 @intrinsic
-def _store_tile_t(typingctx, acc, npix, y, d0, plane, rowmask):
-    """Transposed store of one requantized tile: y[d0 + lane * plane + p] = acc[p * LANES + lane] for p < npix
-    <= PMAX and every lane whose bit is set in rowmask (int32 arrays). Per 16 lanes: PMAX row loads, a
-    4-round shuffle transpose (rows padded to 16 with zeros) and one masked store of npix pixels per lane,
-    instead of PMAX * 16 scalar stores."""
-    if acc.dtype != types.int32 or y.dtype != types.int32:
+def _store_tile_t(typingctx, acc, npix, bias, b0, shift, lo, hi, y, d0, plane, rowmask):
+    """Requantize one tile and store it transposed: y[d0 + lane * plane + p] = clamp(round_shift(acc[p * LANES
+    + lane] + bias[b0 + lane], shift), lo, hi) for p < npix <= PMAX and every lane whose bit is set in rowmask
+    (int32 arrays; 0 <= shift < 31, shift 0 with bias 0 and the int32 range is a plain transposed copy).
+
+    Per 16 lanes: PMAX row loads, the round-half-even shift and clamp in int32 vectors (exact: acc + bias
+    fits int32 on a fast channel, q << shift and the remainder stay in range), a 4-round shuffle transpose
+    (rows padded to 16 with zeros) and one masked store of npix pixels per lane, instead of PMAX * 16
+    scalar stores."""
+    if acc.dtype != types.int32 or y.dtype != types.int32 or bias.dtype != types.int32:
         return None  # the IR below addresses int32 elements
-    sig = types.void(acc, npix, y, d0, plane, rowmask)
+    sig = types.void(acc, npix, bias, b0, shift, lo, hi, y, d0, plane, rowmask)
 
     def codegen(context, builder, signature, args):
-        acc_, npix_, y_, d0_, plane_, rowmask_ = args
+        acc_, npix_, bias_, b0_, shift_, lo_, hi_, y_, d0_, plane_, rowmask_ = args
         i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
         ad = context.make_array(signature.args[0])(context, builder, acc_).data
-        yd = builder.gep(context.make_array(signature.args[2])(context, builder, y_).data, [d0_])
+        bd = builder.gep(context.make_array(signature.args[2])(context, builder, bias_).data, [b0_])
+        yd = builder.gep(context.make_array(signature.args[7])(context, builder, y_).data, [d0_])
         vp = _VEC.as_pointer()
         undef = ir.Constant(_VEC, ir.Undefined)
-        npv = builder.shuffle_vector(builder.insert_element(undef, builder.trunc(npix_, i32), ir.Constant(i32, 0)),
-                                     undef, ir.Constant(_VEC, None))
-        mask = builder.icmp_signed("<", ir.Constant(_VEC, list(range(16))), npv)
+
+        def splat(v):
+            v = builder.trunc(v, i32) if v.type.width > 32 else builder.sext(v, i32) if v.type.width < 32 else v
+            return builder.shuffle_vector(builder.insert_element(undef, v, ir.Constant(i32, 0)), undef,
+                                          ir.Constant(_VEC, None))
+
+        mask = builder.icmp_signed("<", ir.Constant(_VEC, list(range(16))), splat(npix_))
+        sv, lov, hiv = splat(shift_), splat(lo_), splat(hi_)
+        zero, one = ir.Constant(_VEC, None), ir.Constant(_VEC, [1] * 16)
+        halfv = builder.ashr(builder.shl(one, sv), one)   # 2**(shift-1), 0 for shift 0
         mstore = builder.module.declare_intrinsic(
             "llvm.masked.store.v16i32.p0", fnty=ir.FunctionType(ir.VoidType(), [_VEC, vp, i32, ir.VectorType(i1, 16)]))
         rowmask64 = builder.sext(rowmask_, i64) if rowmask_.type.width < 64 else rowmask_
-        zero = ir.Constant(_VEC, None)
+
+        def requantize(v):
+            q = builder.ashr(v, sv)
+            r = builder.sub(v, builder.shl(q, sv))
+            tie = builder.and_(builder.and_(builder.icmp_signed("==", r, halfv), builder.icmp_signed("!=", r, zero)),
+                               builder.icmp_signed("!=", builder.and_(q, one), zero))
+            q = builder.add(q, builder.zext(builder.or_(builder.icmp_signed(">", r, halfv), tie), _VEC))
+            q = builder.select(builder.icmp_signed("<", q, lov), lov, q)
+            return builder.select(builder.icmp_signed(">", q, hiv), hiv, q)
+
         for c in range(CB):
-            v = [builder.load(builder.bitcast(builder.gep(ad, [ir.Constant(i64, p * LANES + 16 * c)]), vp), align=4)
+            bv = builder.load(builder.bitcast(builder.gep(bd, [ir.Constant(i64, 16 * c)]), vp), align=4)
+            v = [requantize(builder.add(builder.load(builder.bitcast(
+                     builder.gep(ad, [ir.Constant(i64, p * LANES + 16 * c)]), vp), align=4), bv))
                  if p < PMAX else zero for p in range(16)]
             for b in (1, 2, 4, 8):
                 first, second = _transpose_masks(b)
@@ -332,6 +355,8 @@ def conv2d_vnni_kernel(xq, wp, bias32, use, rowmask, bases, outs, runs, run_len,
     nblk = wp.shape[0]
     n_items = nblk * n_tiles
     n_chunks = (n_items + ITEMS_PER_CHUNK - 1) // ITEMS_PER_CHUNK
+    fused = 0 < shift < 31  # _store_tile_t requantizes; other shifts take _requantize_tile's int64 path
+    zero_bias = np.zeros(LANES, np.int32)
     for chunk in prange(n_chunks):
         acc = np.empty(PMAX * LANES, np.int32)  # one tile buffer per chunk of work items, not per tile
         for item in range(chunk * ITEMS_PER_CHUNK, min(n_items, (chunk + 1) * ITEMS_PER_CHUNK)):
@@ -339,10 +364,16 @@ def conv2d_vnni_kernel(xq, wp, bias32, use, rowmask, bases, outs, runs, run_len,
             p0 = (item % n_tiles) * PMAX
             n = min(PMAX, npx - p0)
             _vnni_tile(wp[blk], 0, xq, bases, p0, n, runs, run_len, acc)
-            _requantize_tile(acc, n, bias32[blk * LANES:(blk + 1) * LANES], shift, out_lo, out_hi)
             d0 = outs[p0]
-            if outs[p0 + n - 1] - d0 == n - 1:
-                _store_tile_t(acc, n, y, blk * LANES * plane + d0, plane, rowmask[blk])
+            contiguous = outs[p0 + n - 1] - d0 == n - 1
+            if contiguous and fused:
+                _store_tile_t(acc, n, bias32, blk * LANES, shift, out_lo, out_hi, y, blk * LANES * plane + d0, plane,
+                              rowmask[blk])
+                continue
+            _requantize_tile(acc, n, bias32[blk * LANES:(blk + 1) * LANES], shift, out_lo, out_hi)
+            if contiguous:
+                _store_tile_t(acc, n, zero_bias, 0, 0, INT32_MIN, INT32_MAX, y, blk * LANES * plane + d0, plane,
+                              rowmask[blk])
                 continue
             for lane in range(LANES):  # scatter into the NCHW output
                 o = blk * LANES + lane
