@@ -81,3 +81,13 @@ def test_max_abs_parallel_and_numpy_paths(dtype):
             assert max_abs(a[::2]) == (abs(int(info.min)) if pos % 2 == 0 else 0)  # not contiguous: numpy
             a[pos] = info.max
             assert max_abs(a.reshape(1, -1)) == int(info.max)
+
+
+def test_fingerprint_parallel_equals_serial():
+    """Large weights are fingerprinted over threads: the same sums as the serial pass, and one changed word
+    changes them."""
+    words = np.random.default_rng(4).integers(0, 2**63, conv.FINGERPRINT_PARALLEL + 5, dtype=np.int64).view(np.uint64)
+    assert conv.fingerprint_parallel(words) == conv.fingerprint(words)
+    before = conv.fingerprint_parallel(words)
+    words[conv.FINGERPRINT_PARALLEL] ^= np.uint64(1 << 40)
+    assert conv.fingerprint_parallel(words)[0] != before[0]

@@ -75,21 +75,39 @@ def plan_channels(codes_t, alpha, group_size):
     return S, weff, wmax
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, inline="always")
+def _fingerprint_terms(words, i):
+    """Word i's terms of the two position-weighted sums of `fingerprint`."""
+    k = (np.uint64(i) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+    v = words[i]
+    return v * k, (v ^ (v >> np.uint64(29))) * ((k ^ np.uint64(0xD6E8FEB86659FD93)) | np.uint64(1))
+
+
+@njit(cache=True)
 def fingerprint(words):
-    """Two 64-bit position-weighted sums of the data: any single changed word changes h1 (odd weights).
-    Sums mod 2**64 do not depend on the order, so the pass is split over threads."""
+    """Two 64-bit position-weighted sums of the data: any single changed word changes h1 (odd weights)."""
     h1 = np.uint64(0)
     h2 = np.uint64(0)
-    golden = np.uint64(0x9E3779B97F4A7C15)
-    mix = np.uint64(0xD6E8FEB86659FD93)
-    one = np.uint64(1)
-    for i in prange(words.size):
-        k = (np.uint64(i) * golden) | one
-        v = words[i]
-        h1 += v * k
-        h2 += (v ^ (v >> np.uint64(29))) * ((k ^ mix) | one)
+    for i in range(words.size):
+        t1, t2 = _fingerprint_terms(words, i)
+        h1 += t1
+        h2 += t2
     return h1, h2
+
+
+@njit(cache=True, parallel=True)
+def fingerprint_parallel(words):
+    """fingerprint split over threads (sums mod 2**64 do not depend on the order): for large weights."""
+    h1 = np.uint64(0)
+    h2 = np.uint64(0)
+    for i in prange(words.size):
+        t1, t2 = _fingerprint_terms(words, i)
+        h1 += t1
+        h2 += t2
+    return h1, h2
+
+
+FINGERPRINT_PARALLEL = 1 << 16  # words: below this a parallel launch costs more than it saves
 
 
 @njit(cache=True)
@@ -321,7 +339,9 @@ def _content_key(a: np.ndarray) -> tuple:
     """dtype, shape and a fingerprint of the bytes: identifies an array's content without storing it."""
     b = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
     n8 = b.size - b.size % 8
-    return (a.dtype.str, a.shape, *fingerprint(b[:n8].view(np.uint64)), bytes(b[n8:]))
+    words = b[:n8].view(np.uint64)
+    sums = fingerprint_parallel(words) if words.size >= FINGERPRINT_PARALLEL else fingerprint(words)
+    return (a.dtype.str, a.shape, *sums, bytes(b[n8:]))
 
 
 _plan_cache: OrderedDict[tuple, dict] = OrderedDict()
