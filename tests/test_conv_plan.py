@@ -91,3 +91,16 @@ def test_fingerprint_parallel_equals_serial():
     before = conv.fingerprint_parallel(words)
     words[conv.FINGERPRINT_PARALLEL] ^= np.uint64(1 << 40)
     assert conv.fingerprint_parallel(words)[0] != before[0]
+
+
+@pytest.mark.parametrize("shape", [(1, 40, 9, 7), (3, 5, 1, 1)])
+def test_without_vnni_auto_takes_the_numba_kernels(monkeypatch, shape):
+    """A CPU without AVX-512 VNNI: auto picks the pure-Numba kernels, never simd, and gives the same result."""
+    x, codes, alpha, bias = _layer(5)
+    x = np.random.default_rng(6).integers(-128, 128, (shape[0], 40, shape[2], shape[3])).astype(np.int32)
+    monkeypatch.setattr(simd, "HAVE_VNNI", False)
+    monkeypatch.setattr(simd, "conv2d_vnni", lambda *a: pytest.fail("the VNNI kernel ran"))
+    y, ev = conv.conv2d_int(x, codes, alpha, bias, **ARGS)
+    ref, ev_ref = conv_ref(x, codes, alpha, bias, **ARGS)
+    np.testing.assert_array_equal(y, np.asarray(ref))
+    assert ev == int(ev_ref)
