@@ -75,37 +75,42 @@ def plan_channels(codes_t, alpha, group_size):
     return S, weff, wmax
 
 
-@njit(cache=True, inline="always")
-def _fingerprint_terms(words, i):
-    """Word i's terms of the two position-weighted sums of `fingerprint`."""
-    k = (np.uint64(i) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
-    v = words[i]
-    return v * k, (v ^ (v >> np.uint64(29))) * ((k ^ np.uint64(0xD6E8FEB86659FD93)) | np.uint64(1))
+FINGERPRINT_CHUNK = 1 << 14  # words per parallel work item
+
+
+@njit(cache=True)
+def _fingerprint_range(words, start, stop):
+    """The two position-weighted sums of `fingerprint` over words[start:stop]."""
+    h1 = np.uint64(0)
+    h2 = np.uint64(0)
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    mix = np.uint64(0xD6E8FEB86659FD93)
+    one = np.uint64(1)
+    for i in range(start, stop):
+        k = (np.uint64(i) * golden) | one
+        v = words[i]
+        h1 += v * k
+        h2 += (v ^ (v >> np.uint64(29))) * ((k ^ mix) | one)
+    return h1, h2
 
 
 @njit(cache=True)
 def fingerprint(words):
     """Two 64-bit position-weighted sums of the data: any single changed word changes h1 (odd weights)."""
-    h1 = np.uint64(0)
-    h2 = np.uint64(0)
-    for i in range(words.size):
-        t1, t2 = _fingerprint_terms(words, i)
-        h1 += t1
-        h2 += t2
-    return h1, h2
+    return _fingerprint_range(words, 0, words.size)
 
 
 @njit(cache=True, parallel=True)
 def fingerprint_parallel(words):
-    """fingerprint split over threads (sums mod 2**64 do not depend on the order): for large weights."""
+    """fingerprint over chunks on all threads (sums mod 2**64 do not depend on the order): for large weights."""
+    n_chunks = (words.size + FINGERPRINT_CHUNK - 1) // FINGERPRINT_CHUNK
     h1 = np.uint64(0)
     h2 = np.uint64(0)
-    for i in prange(words.size):
-        t1, t2 = _fingerprint_terms(words, i)
+    for c in prange(n_chunks):
+        t1, t2 = _fingerprint_range(words, c * FINGERPRINT_CHUNK, min(words.size, (c + 1) * FINGERPRINT_CHUNK))
         h1 += t1
         h2 += t2
     return h1, h2
-
 
 FINGERPRINT_PARALLEL = 1 << 16  # words: below this a parallel launch costs more than it saves
 

@@ -174,14 +174,7 @@ def _store_tile_t(typingctx, acc, npix, bias, b0, shift, lo, hi, y, d0, plane, r
             v = [requantize(builder.add(builder.load(builder.bitcast(
                      builder.gep(ad, [ir.Constant(i64, p * LANES + 16 * c)]), vp), align=4), bv))
                  if p < PMAX else zero for p in range(16)]
-            for b in (1, 2, 4, 8):
-                first, second = _transpose_masks(b)
-                w = list(v)
-                for r in range(16):
-                    if r & b == 0:
-                        w[r] = builder.shuffle_vector(v[r], v[r + b], ir.Constant(_VEC, first))
-                        w[r + b] = builder.shuffle_vector(v[r], v[r + b], ir.Constant(_VEC, second))
-                v = w
+            v = _transpose16(builder, v)
             for i in range(16):
                 lane = 16 * c + i
                 bit = builder.and_(builder.lshr(rowmask64, ir.Constant(i64, lane)), ir.Constant(i64, 1))
@@ -213,6 +206,19 @@ def _transpose_masks(b: int) -> tuple[list[int], list[int]]:
     first = [i if i & b == 0 else 16 + i - b for i in range(16)]
     second = [i + b if i & b == 0 else 16 + i for i in range(16)]
     return first, second
+
+
+def _transpose16(builder, v: list) -> list:
+    """IR of a 16 x 16 int32 transpose of the rows v (16 vectors): 4 rounds of 8 two-source shuffle pairs."""
+    for b in (1, 2, 4, 8):
+        first, second = _transpose_masks(b)
+        w = list(v)
+        for r in range(16):
+            if r & b == 0:
+                w[r] = builder.shuffle_vector(v[r], v[r + b], ir.Constant(_VEC, first))
+                w[r + b] = builder.shuffle_vector(v[r], v[r + b], ir.Constant(_VEC, second))
+        v = w
+    return v
 
 
 @intrinsic
@@ -247,14 +253,7 @@ def _pairs_block(typingctx, x, x0, plane, nw, dst, d0, row):
         low16 = ir.Constant(_VEC, [0xFFFF] * 16)
         sixteen = ir.Constant(_VEC, [16] * 16)
         v = [builder.or_(builder.and_(load(2 * j), low16), builder.shl(load(2 * j + 1), sixteen)) for j in range(16)]
-        for b in (1, 2, 4, 8):
-            first, second = _transpose_masks(b)
-            w = list(v)
-            for r in range(16):
-                if r & b == 0:
-                    w[r] = builder.shuffle_vector(v[r], v[r + b], ir.Constant(_VEC, first))
-                    w[r + b] = builder.shuffle_vector(v[r], v[r + b], ir.Constant(_VEC, second))
-            v = w
+        v = _transpose16(builder, v)
         end = builder.append_basic_block("pairs_end")
         for i in range(16):
             store = builder.append_basic_block(f"pairs_store_{i}")
