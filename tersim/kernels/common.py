@@ -50,6 +50,7 @@ def acc_range(acc_bits: int) -> tuple[int, int]:
 
 
 MIN_MAX_PARALLEL = 1 << 15  # elements: below this numpy's two passes cost less than a parallel launch
+_MIN_MAX_TYPES = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64))
 
 
 def max_abs(a: np.ndarray) -> int:
@@ -61,9 +62,6 @@ def max_abs(a: np.ndarray) -> int:
     else:
         lo, hi = a.min(), a.max()
     return max(-int(lo), int(hi))
-
-
-_MIN_MAX_TYPES = tuple(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64))
 
 
 def _int32_bound(a: np.ndarray) -> int:

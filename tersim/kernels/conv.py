@@ -112,6 +112,7 @@ def fingerprint_parallel(words):
         h2 += t2
     return h1, h2
 
+
 FINGERPRINT_PARALLEL = 1 << 16  # words: below this a parallel launch costs more than it saves
 
 
