@@ -77,3 +77,54 @@ def test_bad_input_still_rejected():
         fgq.ternarize(np.array([[1.0, np.nan]]), 2)
     with pytest.raises(ValueError, match="does not match"):
         fgq.weight_stats(np.ones((2, 4)), np.ones((2, 3), np.int8), np.ones((2, 1, 1, 1)), 4)
+
+
+@st.composite
+def kernel_cases(draw):
+    cout, cin, kh, kw = (draw(st.integers(1, 3)), draw(st.integers(1, 90)), draw(st.integers(1, 3)),
+                         draw(st.integers(1, 3)))
+    elems = st.one_of(st.floats(-4, 4, allow_subnormal=False, width=32), st.sampled_from([0.0, -0.0, 0.5, -0.5]))
+    w = draw(hnp.arrays(draw(st.sampled_from([np.float32, np.float64])), (cout, cin, kh, kw), elements=elems))
+    return w, draw(st.integers(1, cin))
+
+
+@FAST
+@given(kernel_cases())
+def test_lane_kernel_equals_group_kernel(case):
+    """Group sizes up to LANES_MAX solve a filter's groups side by side (zero-padded short last group), longer
+    ones group by group: both kernels give the same bits, on either side of the switch, and the residual the
+    lane kernel writes with its codes is dequantized_residual's."""
+    from tersim.quantize import fgq_kernels as k
+
+    w, n = case
+    lanes, groups = k._exact_ternary_lanes(w, n, True), k._exact_ternary_groups(w, n)
+    np.testing.assert_array_equal(lanes[0], groups[0])
+    assert np.array_equal(lanes[1].view(np.int64), groups[1].view(np.int64))
+    residual = k.dequantized_residual(w.astype(np.float64), groups[0], groups[1], n)  # the residual it writes too
+    assert np.array_equal(lanes[2].view(np.int64), residual.view(np.int64))
+
+
+def test_float32_weights_are_read_in_place():
+    """float32 weights go to the solver without a float64 copy and give the bits of their float64 widening."""
+    w = np.random.default_rng(3).standard_normal((8, 24, 3, 3)).astype(np.float32)
+    codes, alpha = fgq.ternarize(w, 4)
+    codes64, alpha64 = fgq.ternarize(w.astype(np.float64), 4)
+    np.testing.assert_array_equal(codes, codes64)
+    assert np.array_equal(alpha.view(np.int64), alpha64.view(np.int64))
+
+
+@pytest.mark.parametrize("layout", ["channel", "kernel"])
+@pytest.mark.parametrize("n", [1, 4, 5, 64, 65, 300])
+def test_ternarize_with_stats_equals_the_separate_calls(layout, n):
+    """One pass (solver + residual) gives the codes, alphas and stats of ternarize_variant then the torch
+    weight_stats_variant, bit for bit, in both group layouts and on both solvers (n <= / > LANES_MAX)."""
+    rng = np.random.default_rng(n)
+    for w in (rng.standard_normal((6, 70, 3, 3)).astype(np.float32), np.round(rng.standard_normal((5, 130)) * 2) / 2):
+        codes, alpha, stats = fgq.ternarize_with_stats(w, n, "exact", layout, "one")
+        ref_codes, ref_alpha = fgq.ternarize_variant(torch.from_numpy(w.astype(np.float64)), n, "exact", layout)
+        np.testing.assert_array_equal(codes, ref_codes.numpy())
+        assert np.array_equal(alpha.view(np.int64), ref_alpha.numpy().view(np.int64))
+        k = w.shape[1] * (9 if layout == "kernel" and w.ndim == 4 else 1)
+        ref_stats = fgq.weight_stats_variant(torch.from_numpy(w), torch.from_numpy(codes), torch.from_numpy(alpha),
+                                             min(n, k), layout)
+        assert stats == ref_stats

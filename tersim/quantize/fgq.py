@@ -205,20 +205,14 @@ def ternarize(weight: Array, group_size: int, method: str = "exact") -> tuple[Ar
         >>> dequantize(codes, alpha, group_size=4)
         array([[ 1., -1.,  0.,  0.,  2.,  0.]])
     """
+    if method == "exact" and not isinstance(weight, torch.Tensor):
+        return _ternarize_exact_numpy(weight, group_size)[:2]
     w, from_numpy, n, w4 = _checked_inputs(weight, group_size, method)
     cout, cin, kh, kw = w4.shape
     if w4.numel() == 0:
         codes = torch.zeros(w.shape, dtype=torch.int8)
         return _out(codes, torch.zeros((cout, kh, kw, _num_groups(cin, n)), dtype=w.dtype), from_numpy)
     n_eff = min(n, cin)  # N >= Cin is one group; don't pad it to N
-    if from_numpy and method == "exact":  # the same solver group by group in Numba (bit-identical, no copies)
-        from tersim.quantize.fgq_kernels import exact_ternary
-
-        w64 = np.ascontiguousarray(w4.numpy())
-        if not np.isfinite(w64).all():
-            raise ValueError("weight contains NaN or infinite values")
-        codes, alpha = exact_ternary(w64, n_eff)
-        return codes.reshape(w.shape), alpha
     if not bool(torch.isfinite(w4).all()):
         raise ValueError("weight contains NaN or infinite values")
     cdtype = _compute_dtype(w.dtype)
@@ -227,6 +221,61 @@ def ternarize(weight: Array, group_size: int, method: str = "exact") -> tuple[Ar
     codes = (torch.sign(groups) * keep).to(torch.int8)
     codes = from_groups(codes, cin).reshape(w.shape)
     return _out(codes, alpha.to(w.dtype).contiguous(), from_numpy)
+
+
+def _ternarize_exact_numpy(weight: np.ndarray, group_size: int,
+                           residual: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """`ternarize(weight, group_size, "exact")` of a numpy weight: the torch solver's float64 arithmetic in Numba
+    (bit-identical, tests/test_fgq_fast.py), reading float32 or float64 weights in place (each value is widened
+    to float64 as it is read: no float64 copy of the tensor). With `residual` also w - codes * alpha as float64
+    with the conv view's shape (what weight_stats measures), else None."""
+    from tersim.quantize.fgq_kernels import exact_ternary
+
+    arr = np.asarray(weight)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"expected a real numeric array, got dtype {arr.dtype}")
+    n = _check_group_size(group_size)
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
+    w4 = _as_conv(arr)
+    cout, cin, kh, kw = w4.shape
+    if w4.size == 0:
+        return (np.zeros(arr.shape, np.int8), np.zeros((cout, kh, kw, _num_groups(cin, n)), np.float64),
+                np.zeros(w4.shape, np.float64) if residual else None)
+    if not np.isfinite(w4).all():
+        raise ValueError("weight contains NaN or infinite values")
+    codes, alpha, res = exact_ternary(np.ascontiguousarray(w4), min(n, cin), residual)  # N >= Cin: one group
+    return codes.reshape(arr.shape), alpha, res
+
+
+def ternarize_with_stats(weight: Array, group_size: int, method: str = "exact", group_layout: str = "channel",
+                         scales: str = "one") -> tuple[Array, Array, dict[str, float]]:
+    """``ternarize_variant`` and ``weight_stats_variant`` of the result. A numpy weight with the exact method and
+    one scale is solved in one pass that also writes the residual the stats need (same bits as the two calls)."""
+    from tersim.quantize.layout import check_layout, scale_count
+
+    check_layout(group_layout)
+    if isinstance(weight, torch.Tensor) or method != "exact" or scale_count(scales) != 1:
+        codes, alpha = ternarize_variant(weight, group_size, method, group_layout, scales)
+        return codes, alpha, weight_stats_variant(weight, codes, alpha, group_size, group_layout, scales)
+    arr = np.asarray(weight)
+    kernel = group_layout == "kernel"
+    flat = arr.reshape(arr.shape[0], -1) if kernel and arr.ndim == 4 else arr
+    codes, alpha, residual = _ternarize_exact_numpy(flat, group_size, residual=True)
+    if kernel:
+        codes, alpha = codes.reshape(arr.shape), alpha.reshape(arr.shape[0], -1)
+    return codes, alpha, _stats_of_residual(flat, codes, residual)
+
+
+def _stats_of_residual(weight: np.ndarray, codes: np.ndarray, residual: np.ndarray) -> dict[str, float]:
+    """weight_stats from the residual w - W_q: norms in torch (its summation order, as weight_stats)."""
+    if not codes.size:
+        return {"sparsity": 0.0, "rel_error": 0.0}
+    sparsity = float(np.count_nonzero(codes == 0) / codes.size)
+    err = float(torch.linalg.vector_norm(torch.from_numpy(residual)))
+    ref = float(torch.linalg.vector_norm(torch.from_numpy(np.ascontiguousarray(weight, np.float64))))
+    rel = 0.0 if err == 0.0 else (err / ref if ref > 0 else math.inf)
+    return {"sparsity": sparsity, "rel_error": rel}
 
 
 def dequantize(codes: Array, alpha: Array, group_size: int) -> Array:
@@ -335,11 +384,7 @@ def _weight_stats_numpy(weight: np.ndarray, codes: np.ndarray, alpha: np.ndarray
         return {"sparsity": 0.0, "rel_error": 0.0}
     residual = dequantized_residual(np.ascontiguousarray(w4), np.ascontiguousarray(c4, np.int8),
                                     np.ascontiguousarray(alpha, np.float64), n)
-    sparsity = float(np.count_nonzero(codes == 0) / codes.size)
-    err = float(torch.linalg.vector_norm(torch.from_numpy(residual)))
-    ref = float(torch.linalg.vector_norm(torch.from_numpy(np.ascontiguousarray(w4))))
-    rel = 0.0 if err == 0.0 else (err / ref if ref > 0 else math.inf)
-    return {"sparsity": sparsity, "rel_error": rel}
+    return _stats_of_residual(w4, codes, residual)
 
 
 # ----------------------------------------------------------------------------- straight-through (fine-tuning)
@@ -518,6 +563,17 @@ def dequantize_variant(codes: Array, alpha: Array, group_size: int, group_layout
 def weight_stats_variant(weight: Array, codes: Array, alpha: Array, group_size: int, group_layout: str = "channel",
                          scales: str = "one") -> dict[str, float]:
     """``weight_stats`` for any group layout and scale count."""
+    from tersim.quantize.layout import check_layout, scale_count
+
+    check_layout(group_layout)
+    if scale_count(scales) == 1 and not any(isinstance(v, torch.Tensor) for v in (weight, codes, alpha)):
+        # one scale: numpy arrays take weight_stats' Numba residual (same float64 products and norms); the
+        # kernel layout is the channel layout of the weight viewed as a (Cout, Cin * kh * kw) linear weight
+        weight, codes, alpha = np.asarray(weight), np.asarray(codes), np.asarray(alpha)
+        if group_layout == "kernel" and weight.ndim == 4 and weight.shape == codes.shape:
+            cout = weight.shape[0]
+            weight, codes, alpha = weight.reshape(cout, -1), codes.reshape(cout, -1), alpha.reshape(cout, 1, 1, -1)
+        return _weight_stats_numpy(weight, codes, alpha, group_size)
     w, c = _as_tensor(weight).double(), _as_tensor(codes)
     wq = _as_tensor(dequantize_variant(c, _as_tensor(alpha).double(), group_size, group_layout, scales))
     sparsity = float((c == 0).double().mean()) if c.numel() else 0.0

@@ -10,8 +10,23 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-RANK_SORT_MAX = 16  # groups up to this long are ranked by all-pairs comparisons (branch-free); longer ones
-                    # use np.argsort(kind="mergesort") (stable)
+RANK_SORT_MAX = 16  # _exact_ternary_groups: groups up to this long are ranked by all-pairs comparisons
+                    # (branch-free); longer ones use np.argsort(kind="mergesort") (stable)
+LANES_MAX = 64      # group sizes up to this solve all groups of a filter side by side (_exact_ternary_lanes);
+                    # its all-pairs ranks cost N comparisons per weight, so longer groups are sorted one by one
+
+
+def exact_ternary(w: np.ndarray, n: int, residual: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """w (Cout, Cin, kh, kw) float32 or float64 (read as float64), group size n (1 <= n <= Cin) ->
+    codes int8 (Cout, Cin, kh, kw), alpha float64 (Cout, kh, kw, G): per group the top-k |w| with k
+    maximising S_k / sqrt(k) (first maximum, i.e. smallest k), alpha = S_k / k, codes = sign(w) on the kept
+    weights; with `residual` also w - codes * alpha (float64, w's shape; `dequantized_residual`'s values),
+    else None. Both solvers give the same bits (tests/test_fgq_fast.py)."""
+    if n <= LANES_MAX:
+        codes, alpha, res = _exact_ternary_lanes(w, n, residual)
+        return codes, alpha, (res if residual else None)
+    codes, alpha = _exact_ternary_groups(w, n)
+    return codes, alpha, (dequantized_residual(w.astype(np.float64), codes, alpha, n) if residual else None)
 
 
 @njit(cache=True, inline="always")
@@ -27,10 +42,8 @@ def _stable_desc_ranks(a, m, rank):
 
 
 @njit(cache=True, parallel=True)
-def exact_ternary(w, n):
-    """w (Cout, Cin, kh, kw) float64, group size n (1 <= n <= Cin) -> codes int8 (Cout, Cin, kh, kw),
-    alpha float64 (Cout, kh, kw, G): per group the top-k |w| with k maximising S_k / sqrt(k) (first
-    maximum, i.e. smallest k), alpha = S_k / k, codes = sign(w) on the kept weights."""
+def _exact_ternary_groups(w, n):
+    """exact_ternary one group at a time (parallel over output channels and kernel rows)."""
     cout, cin, kh, kw = w.shape
     G = (cin + n - 1) // n
     codes = np.empty((cout, cin, kh, kw), np.int8)
@@ -49,7 +62,7 @@ def exact_ternary(w, n):
                 c0 = g * n
                 m = min(n, cin - c0)
                 for i in range(m):
-                    a[i] = abs(w[o, c0 + i, ky, kx])
+                    a[i] = abs(np.float64(w[o, c0 + i, ky, kx]))
                 if m <= RANK_SORT_MAX:
                     _stable_desc_ranks(a, m, rank)
                 else:
@@ -74,6 +87,81 @@ def exact_ternary(w, n):
                     v = w[o, c0 + i, ky, kx]
                     codes[o, c0 + i, ky, kx] = (np.int8(v > 0) - np.int8(v < 0)) * np.int8(rank[i] <= best_k)
     return codes, alpha
+
+
+@njit(cache=True, parallel=True)
+def _exact_ternary_lanes(w, n, with_residual):
+    """exact_ternary with every group of one output channel solved side by side: lane L = (ky, kx, g) is
+    alpha[o, ky, kx, g]'s flat index, row i its group's i-th weight, so each step (all-pairs ranks, the sorted
+    cumulative sums, the best k) is one loop over contiguous lanes that the compiler vectorises. A short last
+    group is padded with zeros: they sort after every real weight and adding 0.0 leaves the sums unchanged, so
+    a padded k scores S_m / sqrt(k) < S_m / sqrt(m) (or 0, not > 0) and is never the first maximum.
+    `with_residual`: also return w - codes * alpha (float64), written with the codes (else an empty array)."""
+    cout, cin, kh, kw = w.shape
+    G = (cin + n - 1) // n
+    khw = kh * kw
+    lanes = khw * G
+    codes = np.empty((cout, cin, kh, kw), np.int8)
+    alpha = np.empty((cout, kh, kw, G), np.float64)
+    residual = np.empty((cout, cin, kh, kw) if with_residual else (0, 0, 0, 0), np.float64)
+    wf, cf, af = w.reshape(cout, cin * khw), codes.reshape(cout, cin * khw), alpha.reshape(cout, lanes)
+    rf = residual.reshape(cout, cin * khw if with_residual else 0)
+    rsqrt = np.empty(n, np.float64)
+    for k in range(n):
+        rsqrt[k] = 1.0 / np.sqrt(np.float64(k + 1))
+    for o in prange(cout):
+        wo, co, ao = wf[o], cf[o], af[o]
+        a = np.zeros((n, lanes), np.float64)
+        s = np.empty((n, lanes), np.float64)
+        rank = np.empty((n, lanes), np.int32)
+        csum = np.zeros(lanes, np.float64)
+        best_score = np.full(lanes, -np.inf)
+        best_sum = np.zeros(lanes, np.float64)
+        best_k = np.zeros(lanes, np.int32)
+        for i in range(n):              # row i = channels g * n + i; groups past the last channel stay 0
+            ai, gi = a[i], (cin - i + n - 1) // n
+            for p in range(khw):
+                for g in range(gi):
+                    ai[p * G + g] = abs(np.float64(wo[(g * n + i) * khw + p]))
+        for i in range(n):
+            ai, ri = a[i], rank[i]
+            for L in range(lanes):
+                ri[L] = 0
+            for j in range(n):
+                aj = a[j]
+                if j < i:
+                    for L in range(lanes):
+                        ri[L] += aj[L] >= ai[L]
+                elif j > i:
+                    for L in range(lanes):
+                        ri[L] += aj[L] > ai[L]
+        for i in range(n):
+            ai, ri = a[i], rank[i]
+            for L in range(lanes):
+                s[ri[L], L] = ai[L]
+        for k in range(n):
+            sk, r = s[k], rsqrt[k]
+            for L in range(lanes):
+                cs = csum[L] + sk[L]
+                csum[L] = cs
+                score = cs * r
+                better = score > best_score[L]
+                best_score[L] = score if better else best_score[L]
+                best_k[L] = k if better else best_k[L]
+                best_sum[L] = cs if better else best_sum[L]
+        for L in range(lanes):
+            ao[L] = best_sum[L] / np.float64(best_k[L] + 1)
+        for i in range(n):
+            ri, gi = rank[i], (cin - i + n - 1) // n
+            for p in range(khw):
+                for g in range(gi):
+                    L, f = p * G + g, (g * n + i) * khw + p
+                    v = wo[f]
+                    code = (np.int8(v > 0) - np.int8(v < 0)) * np.int8(ri[L] <= best_k[L])
+                    co[f] = code
+                    if with_residual:
+                        rf[o, f] = np.float64(v) - np.float64(code) * ao[L]
+    return codes, alpha, residual
 
 
 @njit(cache=True, parallel=True)

@@ -14,7 +14,7 @@ from tersim.config import Accelerator
 from tersim.frontend.float_exec import execute_float
 from tersim.frontend.ir import Graph, Node
 from tersim.quantize.activations import act_frac, act_range
-from tersim.quantize.fgq import (dequantize_variant, fixed_point_alpha, quantize_int8_weights, ternarize_variant,
+from tersim.quantize.fgq import (dequantize_variant, fixed_point_alpha, quantize_int8_weights, ternarize_with_stats,
                                  weight_stats_variant)
 from tersim.quantize.layout import scale_count
 
@@ -135,13 +135,13 @@ def _quantize_weights(node: Node, group_size: int, method: str, scale_bits: int,
     if int8:
         codes, alpha = quantize_int8_weights(weight)
         kind, n_eff, group_layout, scales = "int8", cin_per_group, "channel", "one"
+        stats = weight_stats_variant(weight, codes, alpha, n_eff, group_layout, scales)
     else:
         kind = "ternary"
         k_per_filter = cin_per_group * (int(np.prod(weight.shape[2:])) if group_layout == "kernel" else 1)
         n_eff = min(group_size, k_per_filter)
-        codes, alpha = ternarize_variant(weight, n_eff, method, group_layout, scales)
+        codes, alpha, stats = ternarize_with_stats(weight, n_eff, method, group_layout, scales)
     alpha_q, alpha_frac = fixed_point_alpha(alpha, scale_bits)
-    stats = weight_stats_variant(weight, codes, alpha, n_eff, group_layout, scales)
     n_scales = scale_count(scales)
     if node.op == "linear":
         alpha_q = alpha_q.reshape(alpha_q.shape[0], -1, *((2,) if n_scales == 2 else ()))  # (out, G[, 2])
