@@ -15,7 +15,7 @@ import pandas as pd
 from tersim.config import Accelerator, load_accelerator
 from tersim.data import DataSource, model_classes, open_data, synthetic_inputs
 from tersim.engine.checks import LayerSimulation, simulate_checked
-from tersim.engine.counts import layer_counts
+from tersim.engine.counts import OpCounts, layer_counts
 from tersim.engine.execute import dequantize_output, execute
 from tersim.errors import DataError
 from tersim.frontend import Graph, execute_float, import_model
@@ -345,11 +345,13 @@ def tabulate(
     metrics: dict[str, float] | None = None,
     simulated: dict[str, LayerSimulation] | None = None,
     shapes: dict[str, LayerShape] | None = None,
+    counts: dict[str, OpCounts] | None = None,
 ) -> RunResult:
     """Report rows from a quantized graph: op counts, weight stats and analytic timing need no execution,
     so `run` (with the engine's overflow counts and deviation metrics) and timing-only sweeps share them.
     `simulated`: cycle-stepped timings by layer name (the `timing` column says which source each row used).
-    `shapes`: layer_shape of the layers by name, when the caller tabulates one qgraph on many hardware points."""
+    `shapes` / `counts`: layer_shape / layer_counts of the layers by name, when the caller tabulates one qgraph on
+    many hardware points."""
     overflow, metrics = overflow or {}, metrics or {}
     rows, tern_timings, base_timings = [], [], []
     for layer in qgraph.layers.values():
@@ -366,7 +368,7 @@ def tabulate(
         rows.append({
             "layer": node.name, "op": node.op, "out_shape": "x".join(map(str, node.shape)),
             "weights": layer.weight_kind, "group_size": layer.group_size,
-            **layer_counts(layer).as_dict(),
+            **((counts or {}).get(node.name) or layer_counts(layer)).as_dict(),
             "sparsity": layer.stats["sparsity"], "rel_error": layer.stats["rel_error"],
             "overflow_events": overflow.get(node.name, 0),
             **tern.as_dict(),

@@ -32,10 +32,14 @@ def evaluate_task(graph: Graph, data: Evaluation | None, task: Task) -> list[tup
             for p, r in zip(task.points, results)]
 
 
-def _layer_shapes(graph: Graph, qgraph) -> dict:
+def _per_layer(graph: Graph, qgraph) -> dict:
+    """tabulate's per-layer inputs that do not depend on the hardware point: shapes and operation counts."""
+    from tersim.engine.counts import layer_counts
     from tersim.pipeline import layer_shape
 
-    return {name: layer_shape(graph, layer) for name, layer in qgraph.layers.items() if layer.weight_kind}
+    weighted = [(name, layer) for name, layer in qgraph.layers.items() if layer.weight_kind]
+    return {"shapes": {name: layer_shape(graph, layer) for name, layer in weighted},
+            "counts": {name: layer_counts(layer) for name, layer in weighted}}
 
 
 def _executed(graph: Graph, data: Evaluation, points: Sequence[Point]) -> list:
@@ -54,23 +58,23 @@ def _executed(graph: Graph, data: Evaluation, points: Sequence[Point]) -> list:
         key = quantization_key(options.apply(p.hw))
         if key not in shared:
             e = evaluate(p.hw, graph, options, reference=data.reference)
-            shared[key] = (e, _layer_shapes(graph, e.qgraph))
-        e, shapes = shared[key]
+            shared[key] = (e, _per_layer(graph, e.qgraph))
+        e, per_layer = shared[key]
         hw = options.apply(p.hw)
         results.append(tabulate(graph, e.qgraph, hw, samples=e.source.length, labelled=e.source.labelled,
-                                overflow=e.overflow, metrics=e.metrics, shapes=shapes))
+                                overflow=e.overflow, metrics=e.metrics, **per_layer))
     return results
 
 
 def _timing_only(graph: Graph, data: Evaluation, points: Sequence[Point]) -> list:
     """Quantization stats and analytic timing without executing the network: weights are ternarized once per
-    N (and alpha width, quantization options), the quantized graph built once per quantization key;
-    activation formats come from one synthetic sample (timing does not depend on them)."""
-    from tersim.data import synthetic_inputs
+    N (and alpha width, quantization options), the quantized graph built once per quantization key. Nothing is
+    executed, so no activation is calibrated either (no batches: every format has frac 0); no reported figure
+    depends on the activation formats."""
     from tersim.pipeline import calibration_inputs, tabulate
     from tersim.quantize.graph import quantize_graph, quantize_weights
 
-    calibration = [synthetic_inputs(graph.input_shape, 1)]
+    calibration: list[np.ndarray] = []
     weights: dict[str, dict] = {}
     quantized: dict[str, tuple] = {}
     results = []
@@ -82,9 +86,9 @@ def _timing_only(graph: Graph, data: Evaluation, points: Sequence[Point]) -> lis
             weights[wkey] = quantize_weights(graph, hw, calib)
         if qkey not in quantized:
             qgraph = quantize_graph(graph, calibration, hw, weights=weights[wkey])
-            quantized[qkey] = (qgraph, _layer_shapes(graph, qgraph))
-        qgraph, shapes = quantized[qkey]
-        results.append(tabulate(graph, qgraph, hw, samples=0, labelled=False, shapes=shapes))
+            quantized[qkey] = (qgraph, _per_layer(graph, qgraph))
+        qgraph, per_layer = quantized[qkey]
+        results.append(tabulate(graph, qgraph, hw, samples=0, labelled=False, **per_layer))
     return results
 
 

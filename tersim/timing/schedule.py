@@ -9,6 +9,7 @@ stalls from the multiplier FIFOs, tile reloads) as an `ArrayCycles`. docs/TIMING
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -34,14 +35,17 @@ class Dataflow(enum.Enum):
         """From a config name ('weight_stationary') or SCALE-Sim's short one ('ws')."""
         if isinstance(name, Dataflow):
             return name
-        for df in cls:
-            if name in (df.value, df.short):
-                return df
-        raise ValueError(f"unknown dataflow {name!r}")
+        try:
+            return _DATAFLOW_BY_NAME[name]   # called per layer and point: a lookup, not a scan of the members
+        except (KeyError, TypeError):
+            raise ValueError(f"unknown dataflow {name!r}") from None
 
     @property
     def short(self) -> str:
         return self.name.lower()
+
+
+_DATAFLOW_BY_NAME = {name: df for df in Dataflow for name in (df.value, df.short)}
 
 
 # --- compute: SCALE-Sim's stall-free cycles ---------------------------------------------------------
@@ -132,8 +136,17 @@ def group_index(shape: LayerShape, kept: np.ndarray | None = None) -> np.ndarray
     K runs (ky, kx) outer, input channel inner, groups are runs of `group_size` channels restarting at every
     kernel position, int8 layers one group per kernel position; kernel: runs of `group_size` of the flattened
     filter). The one place that says which K index belongs to which group."""
-    seg = k_group_index(shape.cin_per_group, shape.kernel_h, shape.kernel_w, shape.group_size, shape.group_layout)
+    seg = _k_group_index(shape.cin_per_group, shape.kernel_h, shape.kernel_w, shape.group_size, shape.group_layout)
     return seg if kept is None else seg[np.asarray(kept, dtype=np.int64)]
+
+
+@functools.lru_cache(maxsize=1024)
+def _k_group_index(cin_g: int, kh: int, kw: int, group_size: int, group_layout: str) -> np.ndarray:
+    """k_group_index, once per layer geometry (a network repeats them, a sweep times them per point); read-only
+    because every caller shares the array."""
+    seg = k_group_index(cin_g, kh, kw, group_size, group_layout)
+    seg.flags.writeable = False
+    return seg
 
 
 def group_ends(shape: LayerShape, kept: np.ndarray | None = None) -> np.ndarray:
