@@ -2,6 +2,10 @@
 working directory), loaded once per session. Slow reference implementations are in tests/naive.py."""
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,11 @@ DATA = ROOT / "examples" / "digits_test.npz"
 TRAIN = ROOT / "examples" / "digits_train.npz"
 HW = ROOT / "hw_configs" / "default.yaml"
 HW_CONFIGS = sorted((ROOT / "hw_configs").glob("*.yaml"))
+
+# Lowered zoo graphs are cached (tersim.frontend.graph_cache): the tests, and the CLI processes they start, use
+# a cache of their own, never the user's.
+os.environ["TERSIM_CACHE_DIR"] = tempfile.mkdtemp(prefix="tersim-test-cache-")
+atexit.register(shutil.rmtree, os.environ["TERSIM_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

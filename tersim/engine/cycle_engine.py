@@ -234,22 +234,3 @@ def step_layer(layer: QuantizedLayer, x: np.ndarray, qgraph: QuantizedGraph, hw:
     return conv2d_engine(x, layer.codes, layer.alpha_q, layer.bias_q, stride=tuple(a["stride"]),
                          padding=tuple(a["padding"]), dilation=tuple(a["dilation"]), groups=a["groups"], **common)
 
-
-def as_conv_input(node, x: np.ndarray) -> np.ndarray:
-    """A conv/linear node's input as a conv input (linear: (B, C) -> (B, C, 1, 1))."""
-    return x[:, :, None, None] if node.op == "linear" else x
-
-
-def node_geometry(node) -> tuple[np.ndarray, dict]:
-    """A conv/linear node's float weight as a conv weight (linear: 1x1) and its conv geometry."""
-    if node.op == "linear":
-        return node.weight[:, :, None, None], dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
-    a = node.attrs
-    return node.weight, dict(stride=tuple(a["stride"]), padding=tuple(a["padding"]), dilation=tuple(a["dilation"]),
-                             groups=a["groups"])
-
-
-def step_baseline(node, x: np.ndarray, hw: Accelerator) -> EngineResult:
-    """The FP32 design on the layer's float weights and its (dequantized) float input; y as a conv's."""
-    weight, geometry = node_geometry(node)
-    return baseline_gemm(as_conv_input(node, x), weight, node.bias, hw=hw, name=node.name, **geometry)

@@ -38,7 +38,8 @@ def import_model(path: str | Path, *, input_shape: tuple[int, ...] | None = None
     """Load the model at `path` (or a zoo name such as 'resnet50') and lower it.
 
     `input_shape` excludes the batch, e.g. (3, 32, 32). Zoo models get random weights (timing studies), or
-    those of the state_dict file `weights` (torchvision key names, strict; see tersim.models.weights).
+    those of the state_dict file `weights` (torchvision key names, strict; see tersim.models.weights); their
+    lowered graphs are cached by content (tersim.frontend.graph_cache).
     """
     path = Path(path)
     name = path.stem
@@ -51,13 +52,15 @@ def import_model(path: str | Path, *, input_shape: tuple[int, ...] | None = None
         from tersim.models.zoo import ZOO, build
 
         if str(path) in ZOO:
+            from tersim.frontend.graph_cache import lower_zoo_module
+
             shape = input_shape or ZOO[str(path)].input_shape
             module = build(str(path))
             if weights is not None:
                 from tersim.models.weights import load_weights
 
                 load_weights(module, weights, str(path))
-            return _checked(lower_module(module, torch.randn(EXAMPLE_BATCH, *shape), str(path)), path)
+            return _checked(lower_zoo_module(module, torch.randn(EXAMPLE_BATCH, *shape), str(path)), path)
         raise ModelLoadError(f"{path}: model file not found (and not a zoo name: {', '.join(ZOO)})")
     if weights is not None:
         raise ModelLoadError(f"{path}: --weights goes with a zoo architecture name (see `tersim zoo`), not a "
