@@ -19,6 +19,7 @@ from tersim.engine.counts import OpCounts, layer_counts
 from tersim.engine.execute import dequantize_output, execute
 from tersim.errors import DataError
 from tersim.frontend import Graph, execute_float, import_model
+from tersim.frontend.float_exec import FloatOutputs
 from tersim.options import RunOptions
 from tersim.quantize.graph import QuantizedGraph, QuantizedLayer, quantize_graph
 from tersim.report.metrics import StreamingDeviation
@@ -68,6 +69,7 @@ class Prepared:
     graph: Graph
     source: DataSource
     qgraph: QuantizedGraph
+    float_outputs: FloatOutputs | None   # the FP32 outputs calibration computed, by input batch
 
     @cached_property
     def _arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
@@ -103,8 +105,10 @@ def prepare(hw: Accelerator | str | Path, model: Graph | str | Path, options: Ru
     calib_source = None if options.calib is None else open_source(options.calib, graph, options, None)
     calibration = (calib_source or source).calibration(hw.quantization.calibration_batches)
     calib_x, split = calibration_inputs(hw, calib_source, source)
+    float_outputs = FloatOutputs() if calib_source is None else None  # calibrated on the evaluation data itself
     return Prepared(hw, graph, source,
-                    quantize_graph(graph, calibration, hw, calib=calib_x, calibration_split=split))
+                    quantize_graph(graph, calibration, hw, calib=calib_x, calibration_split=split,
+                                   float_outputs=float_outputs), float_outputs)
 
 
 def calibration_inputs(hw: Accelerator, calib: DataSource | None,
@@ -176,8 +180,9 @@ def shards(length: int, batch_size: int, count: int) -> list[Shard]:
 
 
 def evaluate_shard(graph: Graph, qgraph: QuantizedGraph, source: DataSource, reference: "Fp32Reference | None",
-                   shard: Shard, progress: bool = False) -> ShardResult:
-    """Integer engine (and FP32 model, unless `reference` holds its outputs) on one shard, batch by batch."""
+                   shard: Shard, progress: bool = False, float_outputs: FloatOutputs | None = None) -> ShardResult:
+    """Integer engine (and FP32 model, unless `reference` holds its outputs) on one shard, batch by batch; a
+    batch calibration already ran through the FP32 model takes its output from `float_outputs`."""
     metrics, overflow = StreamingDeviation(), {}
     if reference is None:
         FP32_PASSES[0] += 1
@@ -185,7 +190,9 @@ def evaluate_shard(graph: Graph, qgraph: QuantizedGraph, source: DataSource, ref
         at = shard.start
         for xb, yb in source.batches(shard.batch_size, shard.start, shard.stop):
             if reference is None:
-                ref = execute_float(graph, xb, dtype=np.float32)
+                ref = float_outputs.get(xb) if float_outputs is not None else None
+                if ref is None:
+                    ref = execute_float(graph, xb, dtype=np.float32)
             else:
                 ref = reference.rows(at, at + len(xb))
             result = execute(qgraph, xb, keep_all=False)
@@ -197,25 +204,28 @@ def evaluate_shard(graph: Graph, qgraph: QuantizedGraph, source: DataSource, ref
     return ShardResult(metrics, overflow)
 
 
-def _evaluate_shard_task(graph: Graph, qgraph: QuantizedGraph, source: DataSource, reference, shard: Shard):
-    return evaluate_shard(graph, qgraph, source, reference, shard)
+def _evaluate_shard_task(graph: Graph, qgraph: QuantizedGraph, source: DataSource, reference,
+                         float_outputs: FloatOutputs | None, shard: Shard):
+    return evaluate_shard(graph, qgraph, source, reference, shard, float_outputs=float_outputs)
 
 
 def evaluate_source(graph: Graph, qgraph: QuantizedGraph, source: DataSource, *, batch_size: int = 64,
                     reference: "Fp32Reference | None" = None, progress: bool = False, jobs: int | None = None,
-                    workers: int | None = None, dask: object = None) -> ShardResult:
+                    workers: int | None = None, dask: object = None,
+                    float_outputs: FloatOutputs | None = None) -> ShardResult:
     """The whole source through the quantized graph (and the FP32 model, unless `reference` holds its
     outputs): in this process, or split into shards over processes / a dask cluster, counts merged exactly."""
     parallel = (jobs or 1) > 1 or workers or dask is not None
     if not parallel or source.loader is not None:
-        return evaluate_shard(graph, qgraph, source, reference, Shard(0, source.length, batch_size), progress)
+        return evaluate_shard(graph, qgraph, source, reference, Shard(0, source.length, batch_size), progress,
+                              float_outputs)
     from tersim.parallel import spread
 
     count = 4 * (jobs or workers or 2)  # a few shards per worker balance uneven speeds
     parts = shards(source.length, batch_size, count)
     results: dict[int, ShardResult] = {}
     with progress_bar(source.length, "evaluating", progress) as bar:
-        for index, result in spread(_evaluate_shard_task, parts, (graph, qgraph, source, reference),
+        for index, result in spread(_evaluate_shard_task, parts, (graph, qgraph, source, reference, float_outputs),
                                     jobs=jobs, workers=workers, dask=dask):
             results[index] = result
             bar.update(parts[index].stop - parts[index].start)
@@ -324,8 +334,9 @@ def evaluate(hw: Accelerator | str | Path, model: Graph | str | Path, options: R
     options = RunOptions.of(options, **changes)
     p = prepare(hw, model, options)
     total = evaluate_source(p.graph, p.qgraph, p.source, batch_size=options.batch_size, reference=reference,
-                            progress=progress and not options.quiet, **options.where())
-    return Evaluated(p.hw, p.graph, p.source, p.qgraph, total.overflow, total.metrics.result())
+                            progress=progress and not options.quiet, float_outputs=p.float_outputs,
+                            **options.where())
+    return Evaluated(p.hw, p.graph, p.source, p.qgraph, p.float_outputs, total.overflow, total.metrics.result())
 
 
 def _simulate(graph: Graph, qgraph: QuantizedGraph, hw: Accelerator, x: np.ndarray) -> dict[str, LayerSimulation]:

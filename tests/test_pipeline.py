@@ -178,3 +178,32 @@ def test_cli_errors_are_one_line_and_write_nothing(residual_files, tmp_path, cap
                  "--out", str(out)]) == 2
     assert "none.npz" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_fp32_reference_reuses_the_calibration_pass(residual_files, monkeypatch):
+    """Evaluation batches calibration already ran through the FP32 network take their outputs from it: one FP32
+    pass fewer, and the same report as recomputing them (a correction calibrates another network: no reuse)."""
+    import tersim.frontend.float_exec as float_exec
+    import tersim.pipeline as pipeline
+
+    _, path, data = residual_files
+    calls = []
+    real = pipeline.execute_float
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "execute_float", counted)
+    reused = run(HW, path, data=str(data), batch_size=32, timing="analytic")  # calibration: 32 + 16 samples
+    assert calls == []                                                       # both batches were calibrated
+    monkeypatch.setattr(float_exec.FloatOutputs, "get", lambda self, x: None)
+    fresh = run(HW, path, data=str(data), batch_size=32, timing="analytic")
+    assert calls == [32, 16]
+    pd.testing.assert_frame_equal(reused.summary, fresh.summary)
+    pd.testing.assert_frame_equal(reused.layers, fresh.layers)
+    calls.clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(pipeline, "execute_float", counted)
+    run(HW, path, data=str(data), batch_size=32, timing="analytic", correction="bias_correction")
+    assert calls == [32, 16]

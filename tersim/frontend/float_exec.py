@@ -5,6 +5,7 @@ and the float model that calibration and the FP32 deviation report use (float32)
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Callable
 
 import numpy as np
@@ -108,3 +109,30 @@ def execute_float(graph: Graph, x: np.ndarray, dtype=np.float64, return_all: boo
     if return_all:
         return {name: t.numpy() for name, t in values.items()}
     return values[graph.output].numpy()
+
+
+class FloatOutputs:
+    """The float32 graph outputs of input batches, by the batch's content: a batch that calibration already ran
+    through the FP32 network gives its output to the FP32 reference without a second pass (the same bytes
+    through the same float32 ops give the same output)."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, np.ndarray] = {}
+        self._layouts: set[tuple] = set()   # (dtype, shape) of the batches held: other batches are not hashed
+
+    @staticmethod
+    def _key(x: np.ndarray) -> str:
+        x = np.ascontiguousarray(x)
+        h = hashlib.sha256(f"{x.dtype.str}{x.shape}".encode())
+        h.update(memoryview(x).cast("B") if x.size else b"")
+        return h.hexdigest()
+
+    def put(self, x: np.ndarray, output: np.ndarray) -> None:
+        self._layouts.add((np.asarray(x).dtype.str, np.shape(x)))
+        self._by_key[self._key(x)] = np.array(output, copy=True)
+
+    def get(self, x: np.ndarray) -> np.ndarray | None:
+        if (np.asarray(x).dtype.str, np.shape(x)) not in self._layouts:
+            return None
+        out = self._by_key.get(self._key(x))
+        return None if out is None else out.copy()

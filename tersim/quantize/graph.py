@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from tersim.config import Accelerator
-from tersim.frontend.float_exec import execute_float
+from tersim.frontend.float_exec import FloatOutputs, execute_float
 from tersim.frontend.ir import Graph, Node
 from tersim.quantize.activations import act_frac, act_range
 from tersim.quantize.fgq import (dequantize_variant, fixed_point_alpha, quantize_int8_weights, ternarize_with_stats,
@@ -91,8 +91,9 @@ class QuantizedGraph:
         return self.layers[self.graph.output].out
 
 
-def calibrate_max_abs(graph: Graph, batches: list[np.ndarray]) -> dict[str, float]:
-    """Largest |value| of every node's float output over the calibration batches."""
+def calibrate_max_abs(graph: Graph, batches: list[np.ndarray], outputs: FloatOutputs | None = None) -> dict[str, float]:
+    """Largest |value| of every node's float output over the calibration batches; `outputs` keeps each batch's
+    network output (for an FP32 reference over the same inputs)."""
     max_abs: dict[str, float] = {n.name: 0.0 for n in graph.nodes}
 
     def track(name: str, value: np.ndarray) -> None:  # max|v| without an |v| temporary
@@ -100,7 +101,9 @@ def calibrate_max_abs(graph: Graph, batches: list[np.ndarray]) -> dict[str, floa
             max_abs[name] = max(max_abs[name], abs(float(value.min())), abs(float(value.max())))
 
     for batch in batches:
-        execute_float(graph, batch, dtype=np.float32, each=track)  # tensors freed as soon as they are used
+        out = execute_float(graph, batch, dtype=np.float32, each=track)  # tensors freed as soon as they are used
+        if outputs is not None:
+            outputs.put(batch, out)
     return max_abs
 
 
@@ -189,6 +192,7 @@ def quantize_graph(
     act_bits: int | None = None,
     calib: np.ndarray | None = None,
     calibration_split: str | None = None,
+    float_outputs: FloatOutputs | None = None,
 ) -> QuantizedGraph:
     """Ternarize every weighted layer with FGQ and give every tensor a DFP format.
 
@@ -198,7 +202,8 @@ def quantize_graph(
     skips re-ternarizing. `act_bits` is only for fine-tuning stages that calibrate formats at widths the
     hardware does not have (default: hw.pe.act_bits). `calib`: the unlabelled inputs bn_reestimate needs.
     With a correction the activation formats are calibrated on the corrected network (dequantized weights,
-    corrected biases), which is what the integer datapath approximates; without one on the FP32 network.
+    corrected biases), which is what the integer datapath approximates; without one on the FP32 network, whose
+    outputs on the calibration batches then go to `float_outputs` (the FP32 reference reuses them).
     """
     group_size, act_bits = hw.group_scaling.group_size, act_bits or hw.pe.act_bits
     method = hw.quantization.method
@@ -207,7 +212,8 @@ def quantize_graph(
         weights = quantize_weights(graph, hw, calib)
 
     corrected = hw.quantization.correction != "none"
-    max_abs = calibrate_max_abs(corrected_graph(graph, weights) if corrected else graph, calibration)
+    max_abs = calibrate_max_abs(corrected_graph(graph, weights) if corrected else graph, calibration,
+                                None if corrected else float_outputs)
     fusions = _activation_fusions(graph)
     fused_activations = set(fusions.values())
     layers: dict[str, QuantizedLayer] = {}
