@@ -57,8 +57,7 @@ class QuantizedLayer:
     weight_kind: str | None = None     # 'ternary' | 'int8'
     group_size: int | None = None      # effective N (min(N, Cin per group) for ternary, Cin for int8)
     codes: np.ndarray | None = None    # int8, weight shape
-    alpha: np.ndarray | None = None    # float alphas (Cout, kh, kw, G), kept for reports
-    alpha_q: np.ndarray | None = None  # int32 fixed point
+    alpha_q: np.ndarray | None = None  # int32 fixed point (the float alphas stay in quantize_weights' entries)
     alpha_frac: int | None = None
     bias_q: np.ndarray | None = None   # int64 (Cout,)
     shift: int | None = None           # in_frac + alpha_frac - out_frac
@@ -253,7 +252,7 @@ def quantize_graph(
             layer.bias_q = np.rint(bias.astype(np.float64) * 2.0 ** (in_frac + q["alpha_frac"])).astype(np.int64)
             layer.shift = in_frac + q["alpha_frac"] - out.frac
             for key, value in q.items():
-                if key != "bias":
+                if key not in ("bias", "alpha"):  # float64 alphas: the datapath and reports use alpha_q
                     setattr(layer, key, value)
         layers[node.name] = layer
     return QuantizedGraph(
