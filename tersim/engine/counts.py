@@ -5,7 +5,7 @@ as it does on the array. They are per input sample (batch 1).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,7 +26,8 @@ class OpCounts:
         return 1.0 - self.mults / self.macs if self.macs else 0.0
 
     def as_dict(self) -> dict[str, float]:
-        return {**asdict(self), "mults_eliminated": self.mults_eliminated}
+        return {"macs": self.macs, "adds": self.adds, "skips": self.skips, "mults": self.mults,
+                "scale_mults": self.scale_mults, "mults_eliminated": self.mults_eliminated}
 
 
 def layer_counts(layer: QuantizedLayer) -> OpCounts:

@@ -144,8 +144,11 @@ class LayerTiming:
 
     def as_dict(self) -> dict[str, float | int | str]:
         """Numbers only (no name/shape/design), ready to merge into a per-layer report row."""
-        skip = {"name", "shape", "design", "rows", "cols", "dataflow"}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        return {name: getattr(self, name) for name in _ROW_FIELDS}
+
+
+_ROW_FIELDS = tuple(f.name for f in fields(LayerTiming) if f.name not in {"name", "shape", "design", "rows", "cols",
+                                                                            "dataflow"})
 
 
 def _finish(shape: LayerShape, design: str, rows: int, cols: int, dataflow: str, mem: MemoryConfig,
