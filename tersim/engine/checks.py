@@ -2,8 +2,7 @@
 
 `run` (timing="engine") calls `simulate_checked`; `verify` calls `stepped_matches`. The references: the
 integer kernels (tersim.kernels, outputs and overflow events) and the analytic model (tersim.timing.analytic,
-every cycle count). The simulator
-(tersim.engine.cycle_engine) only simulates.
+every cycle count). The simulator (tersim.engine.cycle_engine) only simulates.
 """
 from __future__ import annotations
 

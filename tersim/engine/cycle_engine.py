@@ -233,4 +233,3 @@ def step_layer(layer: QuantizedLayer, x: np.ndarray, qgraph: QuantizedGraph, hw:
     a = node.attrs
     return conv2d_engine(x, layer.codes, layer.alpha_q, layer.bias_q, stride=tuple(a["stride"]),
                          padding=tuple(a["padding"]), dilation=tuple(a["dilation"]), groups=a["groups"], **common)
-
