@@ -128,3 +128,6 @@ def test_ternarize_with_stats_equals_the_separate_calls(layout, n):
         ref_stats = fgq.weight_stats_variant(torch.from_numpy(w), torch.from_numpy(codes), torch.from_numpy(alpha),
                                              min(n, k), layout)
         assert stats == ref_stats
+        twn_codes, twn_alpha, twn_stats = fgq.ternarize_with_stats(w, n, "twn", layout, "one")  # numpy stats path
+        assert twn_stats == fgq.weight_stats_variant(torch.from_numpy(w), torch.from_numpy(twn_codes),
+                                                     torch.from_numpy(twn_alpha), min(n, k), layout)

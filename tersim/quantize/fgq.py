@@ -570,7 +570,7 @@ def weight_stats_variant(weight: Array, codes: Array, alpha: Array, group_size: 
         # one scale: numpy arrays take weight_stats' Numba residual (same float64 products and norms); the
         # kernel layout is the channel layout of the weight viewed as a (Cout, Cin * kh * kw) linear weight
         weight, codes, alpha = np.asarray(weight), np.asarray(codes), np.asarray(alpha)
-        if group_layout == "kernel" and weight.ndim == 4 and weight.shape == codes.shape:
+        if group_layout == "kernel" and weight.ndim in (2, 4) and weight.shape == codes.shape:  # alpha (Cout, Gk)
             cout = weight.shape[0]
             weight, codes, alpha = weight.reshape(cout, -1), codes.reshape(cout, -1), alpha.reshape(cout, 1, 1, -1)
         return _weight_stats_numpy(weight, codes, alpha, group_size)
