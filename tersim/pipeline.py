@@ -20,7 +20,9 @@ from tersim.engine.execute import dequantize_output, execute
 from tersim.errors import DataError
 from tersim.frontend import Graph, execute_float, import_model
 from tersim.options import RunOptions
+from tersim.quantize.data_free import activation_ranges
 from tersim.quantize.graph import QuantizedGraph, QuantizedLayer, quantize_graph
+from tersim.quantize.schemes import layer_weight_bytes, scheme_summary
 from tersim.report.metrics import StreamingDeviation
 from tersim.timing.analytic import baseline_layer_timing, layer_timing
 from tersim.timing.shapes import LayerShape
@@ -56,7 +58,7 @@ def layer_shape(graph: Graph, layer: QuantizedLayer) -> LayerShape:
         kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, groups=groups, weight_kind=layer.weight_kind,
         group_size=layer.group_size, zero_fraction=layer.stats["sparsity"],
         nonzero=LayerShape.nonzero_of(layer.codes, layer.group_layout), group_layout=layer.group_layout,
-        scales=layer.scales,
+        scales=layer.scales, weight_bits=layer.weight_bits or 8, weight_scheme=layer.scheme or "uniform",
     )
 
 
@@ -103,8 +105,11 @@ def prepare(hw: Accelerator | str | Path, model: Graph | str | Path, options: Ru
     calib_source = None if options.calib is None else open_source(options.calib, graph, options, None)
     calibration = (calib_source or source).calibration(hw.quantization.calibration_batches)
     calib_x, split = calibration_inputs(hw, calib_source, source)
+    max_abs, range_source = activation_ranges(graph, hw, calibration,
+                                              data_given=options.data is not None or calib_source is not None)
     return Prepared(hw, graph, source,
-                    quantize_graph(graph, calibration, hw, calib=calib_x, calibration_split=split))
+                    quantize_graph(graph, calibration, hw, calib=calib_x, calibration_split=split, max_abs=max_abs,
+                                   act_range_source=range_source))
 
 
 def calibration_inputs(hw: Accelerator, calib: DataSource | None,
@@ -365,7 +370,8 @@ def tabulate(
         node = layer.node
         rows.append({
             "layer": node.name, "op": node.op, "out_shape": "x".join(map(str, node.shape)),
-            "weights": layer.weight_kind, "group_size": layer.group_size,
+            "weights": layer.weight_kind, "scheme": layer.scheme, "weight_bits": layer.weight_bits,
+            "group_size": layer.group_size, "weight_bytes": layer_weight_bytes(layer, qgraph.scale_bits),
             **layer_counts(layer).as_dict(),
             "sparsity": layer.stats["sparsity"], "rel_error": layer.stats["rel_error"],
             "overflow_events": overflow.get(node.name, 0),
@@ -383,7 +389,8 @@ def tabulate(
         "model": graph.name, "hw": hw.name, "group_size": qgraph.group_size, "act_bits": qgraph.act_bits,
         "method": qgraph.method, "group_layout": qgraph.group_layout, "scales": qgraph.scales,
         "correction": qgraph.correction, "calibration_split": qgraph.calibration_split,
-        "samples": samples, "labelled": labelled,
+        **scheme_summary(hw, qgraph), "samples": samples, "labelled": labelled,
+        "weight_bytes": int(layers.weight_bytes.sum()),
         "macs": int(layers.macs.sum()), "mults": int(layers.mults.sum()),
         "mults_eliminated": 1 - layers.mults.sum() / layers.macs.sum(),
         "mults_eliminated_ternary_layers": (1 - ternary.mults.sum() / ternary.macs.sum()) if len(ternary) else 0.0,

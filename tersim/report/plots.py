@@ -238,6 +238,9 @@ def figures_for(points: pd.DataFrame | None = None, layers: pd.DataFrame | None 
             figs["stalls"] = stall_breakdown_vs_group_size(points)
         if quality_metric(points) and len(points) > 1:
             figs["pareto"] = pareto_plot(points)
+        from tersim.report.scheme_plots import scheme_figures
+
+        figs.update(scheme_figures(points))
     if layers is not None and len(layers) and is_layers_frame(layers):
         chosen, label = one_point(layers, select)
         if set(CYCLE_PARTS) & set(chosen.columns):
