@@ -341,3 +341,40 @@ def test_scheme_figures_from_a_points_frame():
     frame = pd.DataFrame(rows)
     assert has_schemes(frame) and not has_schemes(frame[frame.scheme == "uniform"].iloc[:1])
     assert set(scheme_figures(frame)) == {"scheme_bits", "scheme_energy"}
+
+
+def test_finetune_refuses_a_kbit_scheme(tmp_path, capsys):
+    from tersim.cli import main
+
+    code = main(["finetune", str(MODEL), "--scheme", "uniform", "-o", str(tmp_path / "o.pt2"), "--epochs", "1",
+                 "--no-checkpoints"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("tersim: error: quantization.scheme: finetune trains FGQ ternary")
+    assert not (tmp_path / "o.pt2").exists()
+
+
+def test_cli_refuses_uniform_asym_at_8_bits_in_one_line(capsys):
+    from tersim.cli import main
+
+    assert main(["run", str(HW), str(MODEL), "--scheme", "uniform_asym", "--weight-bits", "8", "--limit", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "uniform_asym at 8 bits" in err[0]
+
+
+def test_graph_hash_and_quantization_key_see_bn_and_the_scheme():
+    from dataclasses import replace
+
+    from tersim.frontend import Graph, import_model
+    from tersim.options import RunOptions
+    from tersim.sweeps.plan import graph_digest, quantization_key
+
+    graph = import_model(MODEL)
+    node = next(n for n in graph.nodes if n.bn is not None)
+    bn = {**node.bn, "gamma": node.bn["gamma"] * 2}   # the folded weights stay, the BN statistics change
+    other = Graph(graph.name, [replace(n, bn=bn) if n is node else n for n in graph.nodes], graph.output)
+    assert graph_digest(other) != graph_digest(graph)
+    hw = load_accelerator(HW)
+    keys = {quantization_key(RunOptions.of(**o).apply(hw)) for o in
+            ({}, {"scheme": "uniform"}, {"scheme": "uniform", "weight_bits": 3}, {"act_ranges": "bn_stats"})}
+    assert len(keys) == 4
+    assert quantization_key(RunOptions.of(pe_kind="multiplier").apply(hw)) == quantization_key(hw)  # timing only
