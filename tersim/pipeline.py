@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,7 +23,7 @@ from tersim.errors import DataError
 from tersim.frontend import Graph, execute_float, import_model
 from tersim.options import RunOptions
 from tersim.quantize.data_free import activation_ranges
-from tersim.quantize.graph import QuantizedGraph, QuantizedLayer, quantize_graph
+from tersim.quantize.graph import QuantizedGraph, QuantizedLayer, calibrate_max_abs, quantize_graph
 from tersim.quantize.schemes import layer_weight_bytes, scheme_summary
 from tersim.report.metrics import StreamingDeviation
 from tersim.timing.analytic import baseline_layer_timing, layer_timing
@@ -60,6 +62,27 @@ def layer_shape(graph: Graph, layer: QuantizedLayer) -> LayerShape:
         nonzero=LayerShape.nonzero_of(layer.codes, layer.group_layout), group_layout=layer.group_layout,
         scales=layer.scales, weight_bits=layer.weight_bits or 8, weight_scheme=layer.scheme or "uniform",
     )
+
+
+_REUSED: OrderedDict[tuple, tuple[Graph, object]] = OrderedDict()
+REUSE_ENTRIES = 64
+
+
+def reuse(kind: str, graph: Graph, x: np.ndarray, compute):
+    """FP32 results that depend only on the lowered graph and the inputs (the calibrated activation ranges),
+    kept for the points of a sweep that change only the quantization or the hardware. Keyed by the graph object
+    (held, so its id stays unique) and a hash of the inputs' bytes; a bounded LRU."""
+    x = np.ascontiguousarray(x)
+    key = (kind, id(graph), x.dtype.str, x.shape, hashlib.sha256(memoryview(x).cast("B")).hexdigest())
+    hit = _REUSED.get(key)
+    if hit is not None and hit[0] is graph:
+        _REUSED.move_to_end(key)
+        return hit[1]
+    value = compute()
+    _REUSED[key] = (graph, value)
+    while len(_REUSED) > REUSE_ENTRIES:
+        _REUSED.popitem(last=False)
+    return value
 
 
 @dataclass
@@ -107,6 +130,8 @@ def prepare(hw: Accelerator | str | Path, model: Graph | str | Path, options: Ru
     calib_x, split = calibration_inputs(hw, calib_source, source)
     max_abs, range_source = activation_ranges(graph, hw, calibration,
                                               data_given=options.data is not None or calib_source is not None)
+    if max_abs is None and hw.quantization.correction == "none" and calibration:   # the FP32 network's: reusable
+        max_abs = reuse("ranges", graph, np.concatenate(calibration), lambda: calibrate_max_abs(graph, calibration))
     return Prepared(hw, graph, source,
                     quantize_graph(graph, calibration, hw, calib=calib_x, calibration_split=split, max_abs=max_abs,
                                    act_range_source=range_source))

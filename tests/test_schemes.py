@@ -378,3 +378,24 @@ def test_graph_hash_and_quantization_key_see_bn_and_the_scheme():
             ({}, {"scheme": "uniform"}, {"scheme": "uniform", "weight_bits": 3}, {"act_ranges": "bn_stats"})}
     assert len(keys) == 4
     assert quantization_key(RunOptions.of(pe_kind="multiplier").apply(hw)) == quantization_key(hw)  # timing only
+
+
+def test_sweep_points_reuse_the_calibrated_ranges(monkeypatch):
+    """Points that change only the quantization calibrate the FP32 network once (the sweep computes the FP32
+    reference outputs once itself), and the reused ranges are the ones a fresh calibration gives."""
+    import tersim.pipeline as pipeline
+    from tersim.frontend import import_model
+
+    graph = import_model(MODEL)
+    calls = []
+    real = pipeline.calibrate_max_abs
+    monkeypatch.setattr(pipeline, "calibrate_max_abs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = pipeline.prepare(HW, graph, data=DATA, limit=40, scheme="uniform", weight_bits=4)
+    second = pipeline.prepare(HW, graph, data=DATA, limit=40, scheme="pow2", weight_bits=3)
+    assert len(calls) == 1
+    assert [l.out for l in first.qgraph.layers.values()] == [l.out for l in second.qgraph.layers.values()]
+    fresh = pipeline.prepare(HW, import_model(MODEL), data=DATA, limit=40, scheme="pow2", weight_bits=3)
+    assert len(calls) == 2       # another graph object: calibrated again, same formats
+    assert [l.out for l in fresh.qgraph.layers.values()] == [l.out for l in second.qgraph.layers.values()]
+    other = pipeline.prepare(HW, graph, data=DATA, limit=40, correction="bias_correction")
+    assert len(calls) == 2       # a correction calibrates the corrected network inside quantize_graph
