@@ -96,9 +96,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     s = result.summary.iloc[0]
     stem = f"{s.model}_{s.hw}_N{s.group_size}_a{s.act_bits}"
     if s.scheme != "fgq_ternary":
-        stem += f"_{s.scheme}{s.weight_bits}"
+        stem += f"_{s.scheme}_w{s.weight_bits}"
     stem = safe_name(stem)  # model and hw names come from input
-    print(f"tersim run: {s.model} on {s.hw}, FGQ N={s.group_size}, {s.act_bits}-bit activations, {s.samples} samples\n")
+    weights = f"FGQ N={s.group_size}" if s.scheme == "fgq_ternary" else f"{s.scheme} {s.weight_bits}-bit weights"
+    print(f"tersim run: {s.model} on {s.hw}, {weights}, {s.act_bits}-bit activations, {s.samples} samples\n")
     print(format_layers(result.layers))
     sources = ", ".join(f"{n} layer(s) {src}" for src, n in result.layers.timing.value_counts().items())
     print(f"timing: {sources}")
