@@ -66,7 +66,6 @@ def hardware_points(hw: Accelerator, overrides: Mapping[str, Sequence],
 
 
 KBIT_ONLY = ("quantization.weight_bits", "quantization.granularity", "quantization.class_clusters")
-FGQ_ONLY_PATHS = {"quantization.group_layout": "channel", "quantization.scales": "one"}
 
 
 def ignored_by_scheme(hw: Accelerator, combo: Combo, fixed: Mapping[str, object],

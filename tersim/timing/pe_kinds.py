@@ -6,10 +6,10 @@ run with int8 first/last layers pays for multipliers in every PE. Costs are scal
 45 nm tables as the group multipliers (an a x b multiplier costs the 8x8 one times a*b/64):
 
 * ternary: accumulator adder + 2-bit weight register (today's PE; tersim.timing.summary.ternary_pe_area_um2);
-* multiplier: the ternary PE + a `w x act_bits` multiplier, its weight register w bits wide, w the widest multiplier operand
-  any layer needs (uniform: k, uniform_asym: k+1 for q - z, int8 layers: 8);
-* shift (pow2): the ternary PE + a barrel shifter of (act_bits + 6) bits x 3 stages of 2:1 muxes (int8 codes hold
-  shifts 0..6), a k-bit sign/exponent register; a shift costs an add of the shifter's width;
+* multiplier: the ternary PE + a `w x act_bits` multiplier, its weight register w bits wide, w the widest
+  multiplier operand any layer needs (uniform: k, uniform_asym: k+1 for q - z, int8 layers: 8);
+* shift (pow2): the ternary PE + a barrel shifter of (act_bits + 6) bits x 3 stages of 2:1 muxes (int8 codes
+  hold shifts 0..6), a k-bit sign/exponent register; a shift costs an add of the shifter's width;
 * lut (kmeans): a multiplier PE with 8-bit operands (the PE holds the decoded 8-bit codebook level) plus,
   per column, the 2**k x 8-bit codebook registers the weights are decoded through on their way in.
 """
