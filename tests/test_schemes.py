@@ -399,3 +399,23 @@ def test_sweep_points_reuse_the_calibrated_ranges(monkeypatch):
     assert [l.out for l in fresh.qgraph.layers.values()] == [l.out for l in second.qgraph.layers.values()]
     other = pipeline.prepare(HW, graph, data=DATA, limit=40, correction="bias_correction")
     assert len(calls) == 2       # a correction calibrates the corrected network inside quantize_graph
+
+
+def test_scheme_sweep_from_the_command_line_writes_the_table_and_plots(tmp_path):
+    import pandas as pd
+
+    from tersim.cli import main
+
+    with pytest.warns(UserWarning, match="left out: fgq_ternary ignores quantization.weight_bits"):
+        code = main(["sweep", str(HW), str(MODEL), "--data", str(DATA), "--limit", "24", "--group-sizes", "4", "16",
+                     "--act-bits", "8", "--set", "quantization.scheme=fgq_ternary,uniform,pow2",
+                     "--set", "quantization.weight_bits=2,3", "--out", str(tmp_path), "--no-cache"])
+    assert code == 0
+    points = pd.read_csv(tmp_path / "digits_resnet_ternary-16x16_sweep.csv")
+    got = sorted(zip(points["quantization.scheme"], points.weight_bits, points.group_size))
+    assert got == [("fgq_ternary", 2, 4), ("fgq_ternary", 2, 16), ("pow2", 2, 4), ("pow2", 3, 4),
+                   ("uniform", 2, 4), ("uniform", 3, 4)]
+    assert {"accuracy_quant", "weight_bytes", "mults", "ternary_cycles", "ternary_energy_pj", "ternary_area_um2",
+            "speedup_equal_pe", "speedup_equal_area", "pe_kind"} <= set(points.columns)
+    for name in ("scheme_bits", "scheme_energy"):
+        assert (tmp_path / f"digits_resnet_ternary-16x16_sweep_{name}.png").stat().st_size > 0
