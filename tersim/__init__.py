@@ -17,6 +17,7 @@ _LAZY = {
     "sweep": "tersim.sweeps", "run_sweep": "tersim.sweeps", "SweepResult": "tersim.sweeps",
     "Accelerator": "tersim.config", "load_accelerator": "tersim.config",
     "import_model": "tersim.frontend",
+    "analyze": "tersim.report.analysis",
 }
 __all__ = ["__version__", *_LAZY]
 

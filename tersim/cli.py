@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(limit=256)
 
     _add_sweep_parsers(sub)
+    _add_analyze_parser(sub)
 
     from tersim.finetune.cli import add_parser as add_finetune
 
@@ -93,8 +94,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     result = run(args.hw, args.model, run_options(args), progress=_progress(args))
     s = result.summary.iloc[0]
-    stem = safe_name(f"{s.model}_{s.hw}_N{s.group_size}_a{s.act_bits}")  # model and hw names come from input
-    print(f"tersim run: {s.model} on {s.hw}, FGQ N={s.group_size}, {s.act_bits}-bit activations, {s.samples} samples\n")
+    stem = f"{s.model}_{s.hw}_N{s.group_size}_a{s.act_bits}"
+    if s.scheme != "fgq_ternary":
+        stem += f"_{s.scheme}_w{s.weight_bits}"
+    stem = safe_name(stem)  # model and hw names come from input
+    weights = f"FGQ N={s.group_size}" if s.scheme == "fgq_ternary" else f"{s.scheme} {s.weight_bits}-bit weights"
+    print(f"tersim run: {s.model} on {s.hw}, {weights}, {s.act_bits}-bit activations, {s.samples} samples\n")
     print(format_layers(result.layers))
     sources = ", ".join(f"{n} layer(s) {src}" for src, n in result.layers.timing.value_counts().items())
     print(f"timing: {sources}")
@@ -118,6 +123,60 @@ def cmd_verify(args: argparse.Namespace) -> int:
     verdict = "PASS: every node is bit-identical" if n_bad == 0 else f"FAIL: {n_bad} node(s) differ"
     print(f"\n{verdict} (Numba engine vs PyTorch integer reference)")
     return 0 if n_bad == 0 else 1
+
+
+def _add_analyze_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="range and local sparsity of the quantized weights, per layer and scheme "
+                                       "(no data needed): CSV + figure")
+    p.add_argument("hw", help="hardware config YAML (group size N for the FGQ-group windows, first_last)")
+    p.add_argument("model", help="model file (.pt2, TorchScript, or pickle with --trust-pickle)")
+    p.add_argument("--schemes", default="fgq_ternary,uniform,uniform_asym,pow2,kmeans",
+                   help="comma-separated schemes (default: all five)")
+    p.add_argument("--bits", default="3", help="comma-separated weight bits of the k-bit schemes (default: 3)")
+    add_hardware_flags(p, skip=("scheme", "weight_bits"))
+    p.add_argument("--out", default="reports", help="directory for the CSV and figure (default: reports/)")
+    p.add_argument("--input-shape", type=input_shape_arg, help="C,H,W for TorchScript/pickled models")
+    p.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled nn.Module")
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from tersim.config import load_accelerator
+    from tersim.errors import ConfigError
+    from tersim.files import check_output_dir, safe_name
+    from tersim.frontend import import_model
+    from tersim.quantize.schemes import SCHEMES
+    from tersim.report.analysis import analysis_figure, analyze
+    from tersim.report.optional import MissingExtraError
+    from tersim.report.tables import write_atomic
+
+    schemes = [v.strip() for v in args.schemes.split(",") if v.strip()]
+    bad = [v for v in schemes if v not in SCHEMES]
+    if bad or not schemes:
+        raise ConfigError(f"--schemes: unknown scheme '{bad[0] if bad else ''}' (choose from {', '.join(SCHEMES)})")
+    try:
+        bits = [int(v) for v in args.bits.split(",")]
+    except ValueError:
+        raise ConfigError(f"--bits: expected comma-separated ints, got '{args.bits}'") from None
+    check_output_dir(args.out)  # a bad --out fails now, not after the work
+    hw = RunOptions.of(**hardware_args(args)).apply(load_accelerator(args.hw))
+    points = [(s, b) for s in schemes for b in ([2] if s == "fgq_ternary" else bits)]
+    for s, b in points:   # every (scheme, bits) validated before any work
+        RunOptions.of(scheme=s, weight_bits=b).apply(hw)
+    graph = import_model(args.model, input_shape=args.input_shape, trust_pickle=args.trust_pickle)
+    frame = analyze(hw, graph, points)
+    cols = ["point", "layer", "levels_used", "levels_available", "dynamic_range_bits", "zero_fraction",
+            "group_all_zero", "kernel_all_zero", "filter_zero_p50"]
+    print(frame[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    stem = safe_name(f"{graph.name}_{hw.name}_analysis")  # model and hw names come from input
+    written = [write_atomic(frame, Path(args.out) / f"{stem}.csv")]
+    try:
+        from tersim.report.plots import save_figures
+
+        written += save_figures({"weights": analysis_figure(frame)}, args.out, stem)
+    except MissingExtraError as exc:
+        print(f"tersim: note: no figure: {exc}", file=sys.stderr)
+    print("\nwrote " + ", ".join(map(str, written)))
+    return 0
 
 
 def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
@@ -236,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         from tersim.finetune.cli import cmd_finetune
 
         command = {"run": cmd_run, "verify": cmd_verify, "sweep": cmd_sweep, "plot": cmd_plot,
-                   "export-zoo": cmd_export_zoo, "zoo": cmd_zoo, "finetune": cmd_finetune}[args.command]
+                   "export-zoo": cmd_export_zoo, "zoo": cmd_zoo, "analyze": cmd_analyze,
+                   "finetune": cmd_finetune}[args.command]
         with warnings.catch_warnings(record=True) as caught:
             code = command(args)
         for w in caught:  # shown after success; an error is one line, without torch's warnings

@@ -74,6 +74,21 @@ class RunOptions(BaseModel):
     correction: Literal["none", "bn_reestimate", "bias_correction", "equalize_bias_correction"] | None = \
         hardware_option("quantization.correction", "--correction",
                         help="accuracy recovery without training, folded into weights/biases")
+    # weight schemes beside FGQ ternary (tersim.quantize.schemes; sweep them with --set quantization.X=...)
+    scheme: Literal["fgq_ternary", "uniform", "uniform_asym", "pow2", "kmeans"] | None = hardware_option(
+        "quantization.scheme", "--scheme", help="weight scheme of the layers first_last does not keep at int8")
+    weight_bits: Literal[2, 3, 4, 5, 6, 7, 8] | None = hardware_option(
+        "quantization.weight_bits", "--weight-bits", help="code bits of the k-bit schemes (fgq_ternary: 2)")
+    granularity: Literal["tensor", "channel"] | None = hardware_option(
+        "quantization.granularity", "--granularity", help="k-bit schemes: one scale per layer or per output channel")
+    class_clusters: int | None = hardware_option(
+        "quantization.class_clusters", "--class-clusters", ge=0, le=65536,
+        help="k-bit schemes: C >= 1 clusters the classifier's rows into C clusters, each its own scale/codebook")
+    act_ranges: Literal["auto", "calibration", "bn_stats"] | None = hardware_option(
+        "quantization.act_ranges", "--act-ranges",
+        help="activation ranges: calibration, or data-free from BN statistics (auto: bn_stats without --data)")
+    pe_kind: Literal["auto", "ternary", "shift", "lut", "multiplier"] | None = hardware_option(
+        "pe.kind", "--pe-kind", help="PE kind of the array (auto: the most capable kind a layer needs)")
 
     # --- what to evaluate and how ---
     data: Data = Field(None, description="labelled data: a file (.npz/.pt with x, y), an image folder, an (x, y) "
@@ -236,7 +251,7 @@ def add_hardware_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...]
         if opt.name in skip:
             continue
         allowed = choices(opt.name)
-        kind = type(allowed[0]) if allowed else positive_int
+        kind = type(allowed[0]) if allowed else _flag_type(opt.name)
         flags = (rename or {}).get(opt.name, opt.flags)
         parser.add_argument(*flags, dest=opt.name, type=kind, choices=allowed, default=None,
                             help=f"{opt.help} (default: the config's {opt.path})")
@@ -267,6 +282,12 @@ def option_args(args: argparse.Namespace) -> dict[str, object]:
     return {name: getattr(args, name) for name, info in RunOptions.model_fields.items()
             if isinstance(info.json_schema_extra, dict) and "cli_flags" in info.json_schema_extra
             and hasattr(args, name)}
+
+
+def _flag_type(name: str):
+    """The argparse type of a free-form hardware option: ints >= 1 unless its declaration allows 0."""
+    lower = [getattr(m, "ge", None) for m in RunOptions.model_fields[name].metadata]
+    return nonnegative_int if 0 in lower else positive_int
 
 
 def hardware_args(args: argparse.Namespace) -> dict[str, object]:

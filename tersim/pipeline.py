@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,7 +23,9 @@ from tersim.errors import DataError
 from tersim.frontend import Graph, execute_float, import_model
 from tersim.frontend.float_exec import FloatOutputs
 from tersim.options import RunOptions
-from tersim.quantize.graph import QuantizedGraph, QuantizedLayer, quantize_graph
+from tersim.quantize.data_free import activation_ranges
+from tersim.quantize.graph import QuantizedGraph, QuantizedLayer, calibrate_max_abs, quantize_graph
+from tersim.quantize.schemes import layer_weight_bytes, scheme_summary
 from tersim.report.metrics import StreamingDeviation
 from tersim.timing.analytic import baseline_layer_timing, layer_timing
 from tersim.timing.shapes import LayerShape
@@ -57,8 +61,29 @@ def layer_shape(graph: Graph, layer: QuantizedLayer) -> LayerShape:
         kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, groups=groups, weight_kind=layer.weight_kind,
         group_size=layer.group_size, zero_fraction=layer.stats["sparsity"],
         nonzero=LayerShape.nonzero_of(layer.codes, layer.group_layout), group_layout=layer.group_layout,
-        scales=layer.scales,
+        scales=layer.scales, weight_bits=layer.weight_bits or 8, weight_scheme=layer.scheme or "uniform",
     )
+
+
+_REUSED: OrderedDict[tuple, tuple[Graph, object]] = OrderedDict()
+REUSE_ENTRIES = 64
+
+
+def reuse(kind: str, graph: Graph, x: np.ndarray, compute):
+    """FP32 results that depend only on the lowered graph and the inputs (the calibrated activation ranges),
+    kept for the points of a sweep that change only the quantization or the hardware. Keyed by the graph object
+    (held, so its id stays unique) and a hash of the inputs' bytes; a bounded LRU."""
+    x = np.ascontiguousarray(x)
+    key = (kind, id(graph), x.dtype.str, x.shape, hashlib.sha256(memoryview(x).cast("B")).hexdigest())
+    hit = _REUSED.get(key)
+    if hit is not None and hit[0] is graph:
+        _REUSED.move_to_end(key)
+        return hit[1]
+    value = compute()
+    _REUSED[key] = (graph, value)
+    while len(_REUSED) > REUSE_ENTRIES:
+        _REUSED.popitem(last=False)
+    return value
 
 
 @dataclass
@@ -106,9 +131,14 @@ def prepare(hw: Accelerator | str | Path, model: Graph | str | Path, options: Ru
     calibration = (calib_source or source).calibration(hw.quantization.calibration_batches)
     calib_x, split = calibration_inputs(hw, calib_source, source)
     float_outputs = FloatOutputs() if calib_source is None else None  # calibrated on the evaluation data itself
+    max_abs, range_source = activation_ranges(graph, hw, calibration,
+                                              data_given=options.data is not None or calib_source is not None)
+    if max_abs is None and hw.quantization.correction == "none" and calibration:   # the FP32 network's: reusable
+        max_abs = reuse("ranges", graph, np.concatenate(calibration),
+                        lambda: calibrate_max_abs(graph, calibration, float_outputs))
     return Prepared(hw, graph, source,
-                    quantize_graph(graph, calibration, hw, calib=calib_x, calibration_split=split,
-                                   float_outputs=float_outputs), float_outputs)
+                    quantize_graph(graph, calibration, hw, calib=calib_x, calibration_split=split, max_abs=max_abs,
+                                   act_range_source=range_source, float_outputs=float_outputs), float_outputs)
 
 
 def calibration_inputs(hw: Accelerator, calib: DataSource | None,
@@ -378,7 +408,8 @@ def tabulate(
         node = layer.node
         rows.append({
             "layer": node.name, "op": node.op, "out_shape": "x".join(map(str, node.shape)),
-            "weights": layer.weight_kind, "group_size": layer.group_size,
+            "weights": layer.weight_kind, "scheme": layer.scheme, "weight_bits": layer.weight_bits,
+            "group_size": layer.group_size, "weight_bytes": layer_weight_bytes(layer, qgraph.scale_bits),
             **((counts or {}).get(node.name) or layer_counts(layer)).as_dict(),
             "sparsity": layer.stats["sparsity"], "rel_error": layer.stats["rel_error"],
             "overflow_events": overflow.get(node.name, 0),
@@ -396,7 +427,8 @@ def tabulate(
         "model": graph.name, "hw": hw.name, "group_size": qgraph.group_size, "act_bits": qgraph.act_bits,
         "method": qgraph.method, "group_layout": qgraph.group_layout, "scales": qgraph.scales,
         "correction": qgraph.correction, "calibration_split": qgraph.calibration_split,
-        "samples": samples, "labelled": labelled,
+        **scheme_summary(hw, qgraph), "samples": samples, "labelled": labelled,
+        "weight_bytes": int(layers.weight_bytes.sum()),
         "macs": int(layers.macs.sum()), "mults": int(layers.mults.sum()),
         "mults_eliminated": 1 - layers.mults.sum() / layers.macs.sum(),
         "mults_eliminated_ternary_layers": (1 - ternary.mults.sum() / ternary.macs.sum()) if len(ternary) else 0.0,

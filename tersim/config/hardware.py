@@ -52,6 +52,11 @@ class TernaryPEConfig(_Strict):
 
     act_bits: Literal[8, 4] = 8
     weight_bits: Literal[2] = 2
+    kind: Literal["auto", "ternary", "shift", "lut", "multiplier"] = Field(
+        "auto", description="PE kind of the (homogeneous) array: ternary (adder), shift (barrel shifter + adder, "
+        "pow2), lut (codebook levels + 8-bit multiplier, kmeans), multiplier (weight x act multiplier + adder); "
+        "auto: the most capable kind any weighted layer of the run needs (docs/TIMING.md, PE kinds)"
+    )
     zero_weights: Literal["gate", "skip"] = Field(
         "gate", description="gate: a zero weight still takes its cycle; skip: K indices zero in every filter of a "
         "column fold are not stepped (docs/TIMING.md section 3)"
@@ -100,6 +105,35 @@ class QuantizationConfig(_Strict):
         "int8", description="first and last weighted layers: keep 8-bit weights (default) or ternarize"
     )
     calibration_batches: int = Field(4, ge=1, description="input batches used to calibrate activation scales")
+    scheme: Literal["fgq_ternary", "uniform", "uniform_asym", "pow2", "kmeans"] = Field(
+        "fgq_ternary", description="weight scheme of the layers first_last does not keep at int8 "
+        "(tersim/quantize/schemes.py)"
+    )
+    weight_bits: int = Field(4, ge=2, le=8, description="code bits of the k-bit schemes (fgq_ternary: ignored)")
+    granularity: Literal["tensor", "channel"] = Field(
+        "channel", description="k-bit schemes: one scale/codebook per layer (tensor) or per output channel"
+    )
+    class_clusters: int = Field(
+        0, ge=0, le=65536, description="k-bit schemes: C >= 1 puts the last layer on the scheme even when first_last "
+        "is int8, its rows (classes) clustered into C clusters by k-means, each cluster its own scale/codebook (1: one "
+        "for the layer; 0: off)"
+    )
+    act_ranges: Literal["auto", "calibration", "bn_stats"] = Field(
+        "auto", description="activation ranges: calibration on the first input batches, or data-free from the "
+        "FP32 model's BN statistics; auto: calibration with --data, bn_stats without"
+    )
+    act_range_std: float = Field(
+        4.0, gt=0, le=100, description="data-free activation ranges: max |mean| + act_range_std * std over channels"
+    )
+
+    @model_validator(mode="after")
+    def _check_scheme(self) -> "QuantizationConfig":
+        from tersim.quantize.schemes import scheme_conflict
+
+        conflict = scheme_conflict(self.scheme, self.weight_bits, self.group_layout, self.scales)
+        if conflict:
+            raise ValueError(conflict)
+        return self
 
 
 class BaselineConfig(_Strict):

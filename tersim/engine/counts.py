@@ -18,7 +18,7 @@ class OpCounts:
     macs: int            # FP32-equivalent multiply-accumulates
     adds: int            # MACs with a non-zero weight code (an add/sub on a ternary PE)
     skips: int           # MACs with a zero weight code
-    mults: int           # multiplications left: group scaling (+ every MAC of an int8-weight layer)
+    mults: int           # multiplications left: group scaling (+ every MAC of an int8-weight layer, except pow2's shifts)
     scale_mults: int     # group-scaling multiplies alone (two scales: two per group)
 
     @property
@@ -39,7 +39,11 @@ def layer_counts(layer: QuantizedLayer) -> OpCounts:
     pixels = int(np.prod(node.shape[1:])) if node.op == "conv2d" else 1
     macs = pixels * codes.size
     adds = pixels * int(np.count_nonzero(codes))
-    if layer.weight_kind == "int8":
+    if layer.weight_kind == "int8" and layer.scheme == "pow2":
+        # power-of-two codes: every MAC is a shift, only the per-channel scale multiplies
+        scale_mults = pixels * cout * kh * kw
+        mults = scale_mults
+    elif layer.weight_kind == "int8":
         # One group per kernel position: the contract clamps the accumulator after each kernel position's
         # scaled sum, so the scale is applied kh * kw times per output (as the array and the timing model do).
         scale_mults = pixels * cout * kh * kw

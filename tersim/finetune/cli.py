@@ -85,6 +85,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     options = RunOptions.of(input_shape=args.input_shape, trust_pickle=args.trust_pickle, **hardware_args(args))
     hw = options.apply(load_accelerator(args.hw) if args.hw else Accelerator())
+    if hw.quantization.scheme != "fgq_ternary":
+        from tersim.errors import ConfigError
+
+        raise ConfigError(f"quantization.scheme: finetune trains FGQ ternary weights; {hw.quantization.scheme} is a "
+                          "post-training scheme (evaluate it with tersim run or sweep)")
     graph = import_model(args.model, input_shape=options.input_shape, trust_pickle=options.trust_pickle)
     train_path = Path(args.data) if args.data else DEFAULT_TRAIN
     train = _load(train_path, graph, "data")

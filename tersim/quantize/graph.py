@@ -17,6 +17,7 @@ from tersim.quantize.activations import act_frac, act_range
 from tersim.quantize.fgq import (dequantize_variant, fixed_point_alpha, quantize_int8_weights, ternarize_with_stats,
                                  weight_stats_variant)
 from tersim.quantize.layout import scale_count
+from tersim.quantize.schemes import scheme_layer_names, scheme_weights
 
 INPUT_BITS = 8  # the network input and output are always 8-bit (policy, see README)
 FUSABLE_INTO = ("conv2d", "linear", "add")
@@ -64,6 +65,9 @@ class QuantizedLayer:
     group_layout: str = "channel"      # tersim.quantize.layout (int8 layers: always channel, one scale)
     scales: int = 1                    # multiplies per group (alpha_q gets a trailing axis of 2 with two)
     stats: dict[str, float] = field(default_factory=dict)
+    scheme: str | None = None          # tersim.quantize.schemes: fgq_ternary, or the k-bit scheme (int8 layers: uniform)
+    weight_bits: int | None = None     # stored bits per weight code (ternary: 2)
+    segments: int = 1                  # k-bit schemes: row sets with their own scale/codebook (tensor 1, channel Cout)
 
 
 @dataclass
@@ -80,6 +84,7 @@ class QuantizedGraph:
     scales: str = "one"
     correction: str = "none"
     calibration_split: str | None = None   # where bn_reestimate's statistics came from (None: not used)
+    act_range_source: str = "calibration"   # where activation ranges came from (data-free: BN statistics)
 
     @property
     def input_format(self) -> ActFormat:
@@ -174,11 +179,21 @@ def quantize_weights(graph: Graph, hw: Accelerator, calib: np.ndarray | None = N
 
     q = hw.quantization
     int8_layers = _int8_layer_names(graph, q.first_last)
+    scheme_layers = scheme_layer_names(graph, hw, int8_layers)   # empty for fgq_ternary
     equalized = equalized_weights(graph) if q.correction == "equalize_bias_correction" else {}
-    weights = {node.name: _quantize_weights(node, hw.group_scaling.group_size, q.method, hw.group_scaling.scale_bits,
-                                            node.name in int8_layers, q.group_layout, q.scales,
-                                            equalized.get(node.name, (None, None))[0])
-               for node in graph.weighted()}
+    weighted = graph.weighted()
+    weights = {}
+    for node in weighted:
+        weight = equalized.get(node.name, (None, None))[0]
+        if node.name in scheme_layers:
+            weights[node.name] = scheme_weights(node, node.weight if weight is None else weight, hw,
+                                                last=node is weighted[-1])
+            continue
+        w = _quantize_weights(node, hw.group_scaling.group_size, q.method, hw.group_scaling.scale_bits,
+                              node.name in int8_layers, q.group_layout, q.scales, weight)
+        # which scheme the codes follow: FGQ ternary (2-bit codes) or the int8 first/last layers (8-bit uniform)
+        ternary = w["weight_kind"] == "ternary"
+        weights[node.name] = {**w, "scheme": "fgq_ternary" if ternary else "uniform", "weight_bits": 2 if ternary else 8}
     return apply_correction(graph, weights, q.correction, equalized, calib, hw.group_scaling.scale_bits)
 
 
@@ -192,6 +207,8 @@ def quantize_graph(
     calib: np.ndarray | None = None,
     calibration_split: str | None = None,
     float_outputs: FloatOutputs | None = None,
+    max_abs: dict[str, float] | None = None,
+    act_range_source: str = "calibration",
 ) -> QuantizedGraph:
     """Ternarize every weighted layer with FGQ and give every tensor a DFP format.
 
@@ -200,6 +217,8 @@ def quantize_graph(
     (`RunOptions.apply`). `weights`, from `quantize_weights` with the same graph and quantization settings,
     skips re-ternarizing. `act_bits` is only for fine-tuning stages that calibrate formats at widths the
     hardware does not have (default: hw.pe.act_bits). `calib`: the unlabelled inputs bn_reestimate needs.
+    `max_abs` (every node's max |value|, e.g. tersim.quantize.data_free.bn_max_abs) replaces calibration;
+    `act_range_source` says where it came from (reported).
     With a correction the activation formats are calibrated on the corrected network (dequantized weights,
     corrected biases), which is what the integer datapath approximates; without one on the FP32 network, whose
     outputs on the calibration batches then go to `float_outputs` (the FP32 reference reuses them).
@@ -211,8 +230,9 @@ def quantize_graph(
         weights = quantize_weights(graph, hw, calib)
 
     corrected = hw.quantization.correction != "none"
-    max_abs = calibrate_max_abs(corrected_graph(graph, weights) if corrected else graph, calibration,
-                                None if corrected else float_outputs)
+    if max_abs is None:
+        max_abs = calibrate_max_abs(corrected_graph(graph, weights) if corrected else graph, calibration,
+                                    None if corrected else float_outputs)
     fusions = _activation_fusions(graph)
     fused_activations = set(fusions.values())
     layers: dict[str, QuantizedLayer] = {}
@@ -261,6 +281,7 @@ def quantize_graph(
         group_layout=hw.quantization.group_layout, scales=hw.quantization.scales,
         correction=hw.quantization.correction,
         calibration_split=calibration_split if hw.quantization.correction == "bn_reestimate" else None,
+        act_range_source=act_range_source,
     )
 
 

@@ -233,11 +233,17 @@ def figures_for(points: pd.DataFrame | None = None, layers: pd.DataFrame | None 
     """Every plot the given frames' columns allow, by short name."""
     figs = {}
     if points is not None and len(points) and {"group_size", "speedup_equal_pe"} <= set(points.columns):
-        figs["group_size"] = accuracy_speedup_vs_group_size(points)
-        if "ternary_cycles" in points:
-            figs["stalls"] = stall_breakdown_vs_group_size(points)
+        # N only shapes FGQ ternary points (a k-bit scheme's point has one N): the plots over N show those
+        fgq = points[points.scheme == "fgq_ternary"] if "scheme" in points else points
+        if len(fgq):
+            figs["group_size"] = accuracy_speedup_vs_group_size(fgq)
+            if "ternary_cycles" in fgq:
+                figs["stalls"] = stall_breakdown_vs_group_size(fgq)
         if quality_metric(points) and len(points) > 1:
             figs["pareto"] = pareto_plot(points)
+        from tersim.report.scheme_plots import scheme_figures
+
+        figs.update(scheme_figures(points))
     if layers is not None and len(layers) and is_layers_frame(layers):
         chosen, label = one_point(layers, select)
         if set(CYCLE_PARTS) & set(chosen.columns):

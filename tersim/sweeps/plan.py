@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -53,7 +54,45 @@ def hardware_points(hw: Accelerator, overrides: Mapping[str, Sequence],
                               f"{OPTION_BY_PATH[path].name}={fixed[path]!r}: give one of them")
     paths = list(overrides)
     combos = [tuple(zip(paths, values)) for values in itertools.product(*(overrides[p] for p in paths))]
-    return [(combo, hw.with_overrides(dict(combo))) for combo in combos]
+    reasons = {combo: ignored_by_scheme(hw, combo, fixed, overrides) for combo in combos}
+    kept = [combo for combo in combos if reasons[combo] is None]
+    left_out = sorted({r for r in reasons.values() if r is not None})
+    if left_out and not kept:
+        raise ConfigError(f"overrides: every point is left out: {left_out[0]}")
+    if left_out:
+        warnings.warn(f"sweep: {len(combos) - len(kept)} of {len(combos)} hardware point(s) left out: "
+                      + "; ".join(left_out), stacklevel=3)
+    return [(combo, hw.with_overrides(dict(combo))) for combo in kept]
+
+
+KBIT_ONLY = ("quantization.weight_bits", "quantization.granularity", "quantization.class_clusters")
+
+
+def ignored_by_scheme(hw: Accelerator, combo: Combo, fixed: Mapping[str, object],
+                      overrides: Mapping[str, Sequence]) -> str | None:
+    """Why a point of a scheme sweep is left out (None: it is kept). fgq_ternary ignores the k-bit options
+    (weight_bits, granularity, class_clusters): it keeps only the points at their first swept value, one
+    fgq_ternary point where a bits sweep would repeat it. A k-bit scheme cannot take the FGQ variants
+    (group_layout, scales; `QuantizationConfig` refuses them) and uniform_asym holds at most 7 bits: such
+    combinations are dropped rather than failing the sweep."""
+    from tersim.quantize.schemes import scheme_conflict
+
+    values = {**fixed, **dict(combo)}
+
+    def value(path: str):
+        if path in values:
+            return values[path]
+        section, name = path.split(".")
+        return getattr(getattr(hw, section), name)
+
+    scheme = value("quantization.scheme")
+    if scheme == "fgq_ternary":
+        for path in KBIT_ONLY:
+            if path in dict(combo) and dict(combo)[path] != overrides[path][0]:
+                return f"fgq_ternary ignores {path}"
+        return None
+    return scheme_conflict(scheme, value("quantization.weight_bits"), value("quantization.group_layout"),
+                           value("quantization.scales"))
 
 
 @dataclass(frozen=True)
@@ -102,6 +141,10 @@ def graph_digest(graph: Graph) -> str:
         h.update(repr((node.name, node.op, node.inputs, sorted(node.attrs.items()), node.shape)).encode())
         update_array_hash(h, node.weight)
         update_array_hash(h, node.bias)
+        for name in sorted(node.bn or {}):   # the folded BN: data-free ranges and the corrections read it
+            h.update(name.encode())
+            value = node.bn[name]
+            update_array_hash(h, value) if isinstance(value, np.ndarray) else h.update(repr(value).encode())
     return h.hexdigest()
 
 
@@ -130,7 +173,9 @@ def plan_tasks(hw_points: list[tuple[Combo, Accelerator]], group_sizes: Sequence
     shared: dict[str, list[Point]] = {}  # points by the work they share (one task each), in sweep order
     order = 0
     for combo, hw_combo in hw_points:
-        for n in group_sizes:
+        # k-bit schemes have no FGQ groups (one alpha group of Cin channels per kernel position): one N is enough
+        kbit = options.apply(hw_combo).quantization.scheme != "fgq_ternary"
+        for n in list(group_sizes)[:1] if kbit else group_sizes:
             for bits in act_bits:
                 # the data travel once beside the graph; a point runs serially on its worker
                 point_options = options.replace(group_size=n, act_bits=bits, data=None, calib=None, jobs=None,

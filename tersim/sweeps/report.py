@@ -60,4 +60,17 @@ def write_reports(result: SweepResult, out: str | Path) -> list[Path]:
         from tersim.report.html import write_html_report
 
         written.append(write_html_report(out / f"{stem}.html", result.points, result.layers, title=stem))
+    written += write_scheme_figures(result.points, out, stem)
     return written
+
+
+def write_scheme_figures(points: pd.DataFrame, out: Path, stem: str) -> list[Path]:
+    """A weight-scheme sweep's plots (accuracy vs bits, accuracy vs energy) as PNG/SVG beside the tables;
+    nothing without matplotlib (the HTML report then has no figures either) or without a scheme axis."""
+    try:
+        from tersim.report.plots import save_figures
+        from tersim.report.scheme_plots import scheme_figures
+
+        return save_figures(scheme_figures(points), out, stem)
+    except MissingExtraError:
+        return []

@@ -20,6 +20,7 @@ import numpy as np
 
 from tersim.config import Accelerator
 from tersim.config.hardware import EnergyTable, MemoryConfig
+from tersim.timing.pe_kinds import mac_extra_pj
 from tersim.timing.schedule import (ArrayCycles, Dataflow, OsFormula, SkipPlan, array_cycles, compute_cycles,
                                     fold_classes, gemm_dims, num_folds, reload_cycles, skip_candidate)
 from tersim.timing.shapes import LayerShape
@@ -207,7 +208,7 @@ def ternary_traffic(shape: LayerShape, hw: Accelerator, k_eff: int | None = None
     """Bytes and T tiling of the layer on the ternary design (2-bit codes or int8 weights + scales);
     `k_eff`: the K the array steps (skip: the mean over column folds)."""
     k_eff = shape.gemm_k if k_eff is None else k_eff
-    w_bits = 8 if shape.weight_kind == "int8" else hw.pe.weight_bits
+    w_bits = shape.weight_bits if shape.weight_kind == "int8" else hw.pe.weight_bits
     weight_bytes = math.ceil(shape.num_weights * w_bits / 8) + math.ceil(shape.num_alphas * hw.group_scaling.scale_bits / 8)
     return memory_traffic(shape, k_eff, hw.array.rows, hw.array.cols, hw.array.dataflow, hw.memory, weight_bytes,
                           hw.pe.act_bits, hw.pe.act_bits, hw.accumulator.bits)
@@ -230,7 +231,7 @@ def ternary_timing(shape: LayerShape, hw: Accelerator, cycles: ArrayCycles | Non
 
     # Zero weights are gated (no add energy) in both modes; only `skip` also saves their cycles.
     nonzero_macs = round(shape.macs * (1.0 - shape.zero_fraction))
-    per_mac = add_pj(energy, acc_bits) + (mult_pj(energy, 8, act_bits) if shape.weight_kind == "int8" else 0.0)
+    per_mac = add_pj(energy, acc_bits) + mac_extra_pj(hw, shape.weight_kind, shape.weight_scheme, shape.weight_bits)
     # The scaled operand is one group's partial sum (ternary) or one kernel position's int8 sum.
     scaled_bits = acc_bits if shape.weight_kind == "int8" else psum_bits(act_bits, shape.group_size, acc_bits)
     per_scale = mult_pj(energy, scale_bits, scaled_bits) + add_pj(energy, acc_bits)

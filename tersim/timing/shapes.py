@@ -50,6 +50,8 @@ class LayerShape:
     zero_fraction: float = 0.0     # fraction of zero weight codes (energy: zero weights are gated)
     group_layout: str = "channel"  # tersim.quantize.layout: the K order and where groups end (int8: channel)
     scales: int = 1                # multiplies per group: 1, or 2 (alpha+ and alpha-)
+    weight_bits: int = 8           # int8-kind layers: stored bits per code (k-bit schemes; tersim.quantize.schemes)
+    weight_scheme: str = "uniform"  # int8-kind layers: the scheme of the codes (PE kind: tersim.timing.pe_kinds)
     # Which weights are non-zero: bool (out_channels, gemm_k), K in GEMM order (ky, kx, channel). Lets
     # `zero_weights: skip` find the K indices a column fold can drop; None (no weights known): nothing.
     nonzero: np.ndarray | None = field(default=None, compare=False, repr=False)

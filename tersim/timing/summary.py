@@ -8,9 +8,12 @@ The speedup is a ratio of two simulated designs (docs/TIMING.md, "Summary"):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from tersim.config import Accelerator
 from tersim.timing.analytic import LayerTiming, baseline_layer_timing, psum_bits
+from tersim.timing.pe_kinds import array_pe_kind, codebook_area_um2, pe_area_um2
+from tersim.timing.shapes import LayerShape
 
 MAX_ARRAY_DIM = 4096  # ArrayConfig's limit
 
@@ -52,10 +55,14 @@ def scale_multiplier_area_um2(hw: Accelerator, group_size: int) -> float:
     return hw.area.int8_mult_um2 * hw.group_scaling.scale_bits * width / 64
 
 
-def ternary_array_area_um2(hw: Accelerator, group_size: int) -> float:
+def ternary_array_area_um2(hw: Accelerator, group_size: int, shapes: Sequence[LayerShape] = ()) -> float:
+    """PEs of the kind the layers need (tersim.timing.pe_kinds; no shapes: ternary unless pe.kind says
+    otherwise), a lut array's codebook registers, and the group-scaling multipliers."""
     pes = hw.array.rows * hw.array.cols
     mults = pes * scales_per_group(hw) if hw.group_scaling.placement == "per_pe" else hw.group_scaling.multipliers
-    return pes * ternary_pe_area_um2(hw, group_size) + mults * scale_multiplier_area_um2(hw, group_size)
+    kind = array_pe_kind(hw, shapes)
+    pe_area = pe_area_um2(hw, kind, ternary_pe_area_um2(hw, group_size), shapes)
+    return pes * pe_area + codebook_area_um2(hw, kind, shapes) + mults * scale_multiplier_area_um2(hw, group_size)
 
 
 def fp32_pe_area_um2(hw: Accelerator) -> float:
@@ -85,7 +92,8 @@ def model_summary(ternary: list[LayerTiming], baseline: list[LayerTiming], hw: A
     tern_latency = tern_cycles / (hw.clock_mhz * 1e6)
     base_latency = base_cycles / (hw.baseline.clock_mhz * 1e6)
 
-    tern_area = ternary_array_area_um2(hw, group_size)
+    shapes = [t.shape for t in ternary]
+    tern_area = ternary_array_area_um2(hw, group_size, shapes)
     eq_rows, eq_cols = equal_area_array(tern_area, fp32_pe_area_um2(hw), hw.baseline.array.rows, hw.baseline.array.cols)
     hw_eq = hw.with_overrides({"baseline.array.rows": eq_rows, "baseline.array.cols": eq_cols})
     eq_cycles = sum(baseline_layer_timing(t.shape, hw_eq).total_cycles for t in baseline)
@@ -104,6 +112,7 @@ def model_summary(ternary: list[LayerTiming], baseline: list[LayerTiming], hw: A
         "projected_speedup_formula": projected_speedup_formula(group_size),
         "ternary_pes": tern_pes,
         "baseline_pes": base_pes,
+        "pe_kind": array_pe_kind(hw, shapes),
         "ternary_area_um2": tern_area,
         "baseline_area_um2": base_pes * fp32_pe_area_um2(hw),
         "equal_area_baseline_array": f"{eq_rows}x{eq_cols}",
