@@ -157,7 +157,8 @@ def test_class_clustering_puts_the_last_layer_on_the_scheme():
     layers = [l for l in p.qgraph.layers.values() if l.weight_kind]
     assert layers[0].scheme == "uniform" and layers[0].weight_bits == 8          # first layer stays int8
     assert layers[-1].weight_bits == 3 and layers[-1].segments == 3
-    assert np.unique(layers[-1].alpha[:, 0, 0, 0]).size == 3
+    aq = layers[-1].alpha_q   # fixed-point scales, one per class cluster
+    assert np.unique(aq.reshape(aq.shape[0], -1)[:, 0]).size == 3
 
 
 # --- PE kinds -------------------------------------------------------------------------------------------
