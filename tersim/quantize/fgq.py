@@ -278,17 +278,23 @@ def _stats_of_residual(weight: np.ndarray, codes: np.ndarray, residual: np.ndarr
     return {"sparsity": sparsity, "rel_error": rel}
 
 
+def _codes_and_float_alpha(codes: Array, alpha: Array) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Codes and alphas as tensors, integer (fixed-point) alphas widened to float64 for numpy callers and
+    float32 for torch ones; and whether the caller passed numpy (it gets numpy back)."""
+    from_numpy = not isinstance(codes, torch.Tensor)
+    a = _as_tensor(alpha)
+    if not a.is_floating_point():
+        a = a.to(torch.float64 if from_numpy else torch.float32)
+    return _as_tensor(codes), a, from_numpy
+
+
 def dequantize(codes: Array, alpha: Array, group_size: int) -> Array:
     """Rebuild a float weight: each code times its group's alpha (alpha broadcast over the group).
 
     Works for ternary and 8-bit layers alike (8-bit: ``group_size = Cin``, ``G = 1``). The result
     has the codes' shape and alpha's float dtype; numpy in -> numpy out.
     """
-    from_numpy = not isinstance(codes, torch.Tensor)
-    c = _as_tensor(codes)
-    a = _as_tensor(alpha)
-    if not a.is_floating_point():
-        a = a.to(torch.float64 if from_numpy else torch.float32)
+    c, a, from_numpy = _codes_and_float_alpha(codes, alpha)
     n = _check_group_size(group_size)
     c4 = _as_conv(c)
     cout, cin, kh, kw = c4.shape
@@ -525,11 +531,7 @@ def per_weight_alpha(codes: Array, alpha: Array, group_size: int, group_layout: 
     its group's alpha, or with two scales alpha+ / alpha- by the sign of its code."""
     from tersim.quantize.layout import groups_per_filter, k_group_index, k_order, scale_count
 
-    from_numpy = not isinstance(codes, torch.Tensor)
-    c = _as_tensor(codes)
-    a = _as_tensor(alpha)
-    if not a.is_floating_point():
-        a = a.to(torch.float64 if from_numpy else torch.float32)
+    c, a, from_numpy = _codes_and_float_alpha(codes, alpha)
     c4 = _as_conv(c)
     cout, cin, kh, kw = c4.shape
     s = scale_count(scales)
