@@ -17,9 +17,7 @@ training split's pixels / 16.0 (recomputed and checked against the constants on 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tersim.files import atomic_file  # noqa: E402
 from tersim.models.digits import DigitsResNet  # noqa: E402
 
 SEED = 0
@@ -57,17 +56,16 @@ def preprocess(x: np.ndarray) -> np.ndarray:
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; shipped assets are world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """`write(binary file)` into `path` through tersim's one atomic writer (never a half-written asset)."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+
+
+def deterministic() -> None:
+    """Seed torch and make training reproducible bit for bit (deterministic kernels, one thread)."""
+    torch.manual_seed(SEED)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -128,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    torch.manual_seed(SEED)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
+    deterministic()
 
     xtr_raw, ytr, xte_raw, yte = split_digits()
     mean, std = float(xtr_raw.mean(dtype=np.float64)), float(xtr_raw.std(dtype=np.float64))

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from tersim.models.digits import DigitsMobileNet  # noqa: E402
-from train_digits import SEED, _atomic_write, accuracy, export_checked, fit  # noqa: E402
+from train_digits import _atomic_write, accuracy, deterministic, export_checked, fit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,9 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    torch.manual_seed(SEED)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
+    deterministic()
     with np.load(args.data / "digits_train.npz") as f:
         Xtr, Ytr = torch.from_numpy(f["x"]), torch.from_numpy(f["y"])
     with np.load(args.data / "digits_test.npz") as f:
