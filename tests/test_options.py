@@ -95,6 +95,10 @@ CASES = {
     "engine_timing": dict(group_size=64, act_bits=4, timing="engine"),
     "kernel_layout_two_scales": dict(group_size=4, act_bits=8, group_layout="kernel", scales="two"),
     "bias_correction_engine": dict(group_size=4, act_bits=4, correction="bias_correction", timing="engine"),
+    "kmeans_3bit_clusters_bn_ranges": dict(group_size=4, act_bits=8, scheme="kmeans", weight_bits=3,
+                                           class_clusters=2, act_ranges="bn_stats"),
+    "pow2_4bit_channel_engine": dict(group_size=4, act_bits=4, scheme="pow2", weight_bits=4, granularity="channel",
+                                     pe_kind="shift", first_last="ternary", timing="engine"),
 }
 
 
