@@ -11,6 +11,7 @@ from hypothesis.extra import numpy as hnp
 
 from naive import best_any_pattern, best_topk, group_error, iter_groups, twn_group
 from tersim.quantize import fgq
+from tersim.quantize.activations import largest_frac
 from tersim.quantize.fgq import (
     dequantize,
     fixed_point_alpha,
@@ -283,6 +284,38 @@ def test_fixed_point_alpha_bounds_and_largest_frac(alpha, bits):
     assert math.ldexp(top, frac) <= qmax < math.ldexp(top, frac + 1)  # largest such frac
     np.testing.assert_array_equal(q, np.rint(np.ldexp(alpha, frac)))
     assert np.all(np.abs(np.ldexp(q.astype(float), -frac) - alpha) <= math.ldexp(0.5, -frac))
+
+
+def numpy_fixed_point_alpha(alpha, bits):
+    """The plain NumPy reference: ldexp, rint, clip."""
+    a = np.asarray(alpha, np.float64)
+    qmax = 2**bits - 1
+    top = float(a.max()) if a.size else 0.0
+    if top == 0.0:
+        return np.zeros(a.shape, np.int32), 0
+    frac = largest_frac(top, qmax)
+    return np.clip(np.rint(np.ldexp(a, frac)), 0, qmax).astype(np.int32), frac
+
+
+@FAST
+@given(hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=7),
+                  elements=st.floats(0, 1e6, allow_subnormal=True)), st.integers(1, 31),
+       st.sampled_from([1.0, 1e-300, 5e-324, 1e300, 3.0]))
+def test_fixed_point_alpha_equals_the_numpy_reference(alpha, bits, factor):
+    """The Numba passes give the bits of the ldexp/rint/clip reference, ties and subnormal/huge ranges included
+    (frac outside the normal exponents takes the NumPy path)."""
+    alpha = np.concatenate([alpha.ravel(), np.arange(8) + 0.5]) * factor if factor != 3.0 else alpha
+    q, frac = fixed_point_alpha(alpha, bits)
+    ref_q, ref_frac = numpy_fixed_point_alpha(alpha, bits)
+    assert frac == ref_frac and q.dtype == np.int32 and q.shape == alpha.shape
+    np.testing.assert_array_equal(q, ref_q)
+
+
+def test_fixed_point_alpha_rejects_inf_and_negative_zero_is_zero():
+    with pytest.raises(ValueError):
+        fixed_point_alpha(np.array([1.0, np.inf]), 8)
+    q, frac = fixed_point_alpha(np.array([-0.0, 2.0, 1.0 / 256]), 8)
+    assert q.tolist() == [0, 128, 0] and frac == 6   # 2 * 2**6 = 128 <= 255 < 256; 2**-8 * 2**6 rounds to 0
 
 
 def test_fixed_point_alpha_exact_fit_and_errors():

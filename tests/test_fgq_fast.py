@@ -131,3 +131,28 @@ def test_ternarize_with_stats_equals_the_separate_calls(layout, n):
         twn_codes, twn_alpha, twn_stats = fgq.ternarize_with_stats(w, n, "twn", layout, "one")  # numpy stats path
         assert twn_stats == fgq.weight_stats_variant(torch.from_numpy(w), torch.from_numpy(twn_codes),
                                                      torch.from_numpy(twn_alpha), min(n, k), layout)
+
+
+@FAST
+@given(hnp.arrays(st.sampled_from([np.float32, np.float64]),
+                  st.sampled_from([(3, 5), (4, 3, 3, 3), (1, 1), (2, 7, 1, 2), (5, 1, 3, 1)]),
+                  elements=st.floats(-1e6, 1e6, width=32)),
+       st.sampled_from([1.0, 1e-30, 127.0, 0.0]))
+def test_int8_numba_equals_the_torch_path(w, factor):
+    """quantize_int8_weights of a numpy weight (one Numba pass) gives the torch path's codes and scales bit for
+    bit: ties (x.5 after the division), zero channels, float32 read as float64."""
+    w = (w * w.dtype.type(factor)).astype(w.dtype)
+    w.reshape(w.shape[0], -1)[0, :2] = [127.0, 2.5][:w.reshape(w.shape[0], -1).shape[1]]  # ties at scale 1
+    codes, alpha = fgq.quantize_int8_weights(w)
+    ref_codes, ref_alpha = fgq.quantize_int8_weights(torch.from_numpy(w.astype(np.float64)))
+    assert codes.dtype == np.int8 and alpha.dtype == np.float64 and codes.shape == w.shape
+    np.testing.assert_array_equal(codes, ref_codes.numpy())
+    assert alpha.shape == tuple(ref_alpha.shape)
+    assert np.array_equal(alpha.view(np.int64), ref_alpha.numpy().view(np.int64))
+
+
+def test_int8_numba_rejects_nonfinite_and_takes_integers():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fgq.quantize_int8_weights(np.array([[1.0, np.inf]], np.float32))
+    codes, alpha = fgq.quantize_int8_weights(np.array([[254, -1, 0]], np.int64))
+    assert codes.tolist() == [[127, 0, 0]] and alpha.ravel().tolist() == [2.0]   # -1/2 = -0.5 rounds to -0

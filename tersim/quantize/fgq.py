@@ -271,7 +271,7 @@ def _stats_of_residual(weight: np.ndarray, codes: np.ndarray, residual: np.ndarr
     """weight_stats from the residual w - W_q: norms in torch (its summation order, as weight_stats)."""
     if not codes.size:
         return {"sparsity": 0.0, "rel_error": 0.0}
-    sparsity = float(np.count_nonzero(codes == 0) / codes.size)
+    sparsity = float((codes.size - np.count_nonzero(codes)) / codes.size)  # no boolean copy of the codes
     err = float(torch.linalg.vector_norm(torch.from_numpy(residual)))
     ref = float(torch.linalg.vector_norm(torch.from_numpy(np.ascontiguousarray(weight, np.float64))))
     rel = 0.0 if err == 0.0 else (err / ref if ref > 0 else math.inf)
@@ -316,6 +316,8 @@ def quantize_int8_weights(weight: Array) -> tuple[Array, Array]:
     (linear: ``(out, 1, 1, 1)``) filled with ``s_o``, so the ternary datapath with group size Cin
     runs the layer unchanged. Types follow ``ternarize`` (numpy in -> numpy out, float64 alpha).
     """
+    if not isinstance(weight, torch.Tensor) and np.asarray(weight).size:
+        return _quantize_int8_numpy(np.asarray(weight))
     w, from_numpy = _to_torch(weight)
     w4 = _as_conv(w)
     cout, cin, kh, kw = w4.shape
@@ -332,6 +334,23 @@ def quantize_int8_weights(weight: Array) -> tuple[Array, Array]:
     return _out(codes, alpha, from_numpy)
 
 
+def _quantize_int8_numpy(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """quantize_int8_weights of a non-empty numpy weight in one Numba pass (no float64 tensor copies): the same
+    float64 max, division and half-to-even rounding as the torch path, so the same codes and scales."""
+    from tersim.quantize.fgq_kernels import int8_channel_codes
+
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"expected a real numeric array, got dtype {arr.dtype}")
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
+    w4 = _as_conv(arr)
+    codes, scale, finite = int8_channel_codes(np.ascontiguousarray(w4), float(INT8_QMAX))
+    if not finite:
+        raise ValueError("weight contains NaN or infinite values")
+    cout, _, kh, kw = w4.shape
+    return codes.reshape(arr.shape), np.ascontiguousarray(np.broadcast_to(scale[:, None, None, None], (cout, kh, kw, 1)))
+
+
 def fixed_point_alpha(alpha: Array, scale_bits: int) -> tuple[np.ndarray, int]:
     """Convert float alphas of one layer to unsigned ``scale_bits``-bit integers with one power-of-two scale.
 
@@ -342,17 +361,20 @@ def fixed_point_alpha(alpha: Array, scale_bits: int) -> tuple[np.ndarray, int]:
     """
     if isinstance(scale_bits, bool) or not isinstance(scale_bits, (int, np.integer)) or not 1 <= scale_bits <= 31:
         raise ValueError(f"scale_bits must be an int in [1, 31], got {scale_bits!r}")
+    from tersim.quantize.fgq_kernels import alpha_top, scaled_alpha_codes
+
     a = alpha.detach().cpu().numpy() if isinstance(alpha, torch.Tensor) else np.asarray(alpha)
-    a = a.astype(np.float64)
-    if not np.isfinite(a).all() or (a < 0).any():
+    a = np.ascontiguousarray(a, np.float64)  # no copy for the solvers' float64 alphas
+    top, valid = alpha_top(a.reshape(-1))
+    if not valid:
         raise ValueError("alpha must be finite and non-negative")
     qmax = 2 ** int(scale_bits) - 1
-    top = float(a.max()) if a.size else 0.0
     if top == 0.0:
         return np.zeros(a.shape, dtype=np.int32), 0
     frac = largest_frac(top, qmax)
-    alpha_q = np.clip(np.rint(np.ldexp(a, frac)), 0, qmax).astype(np.int32)
-    return alpha_q, frac
+    if -1022 <= frac <= 1023:  # 2**frac a normal float64: a * 2**frac is ldexp(a, frac), bit for bit
+        return scaled_alpha_codes(a.reshape(-1), math.ldexp(1.0, frac), qmax).reshape(a.shape), frac
+    return np.clip(np.rint(np.ldexp(a, frac)), 0, qmax).astype(np.int32), frac
 
 
 def weight_stats(weight: Array, codes: Array, alpha: Array, group_size: int) -> dict[str, float]:
