@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from tersim.config import Accelerator
 from tersim.timing.analytic import baseline_layer_timing, layer_timing, mult_pj
-from tersim.timing.schedule import Dataflow, compute_cycles, gemm_dims, num_folds, queue_stall
+from tersim.timing.schedule import (Dataflow, FoldClass, _group_scale, compute_cycles, fold_sizes, gemm_dims,
+                                    num_folds, queue_stall, unit_queue_stall)
 from tersim.timing.shapes import LayerShape
 from tersim.timing.summary import equal_area_array, model_summary, projected_speedup_formula
 
@@ -112,6 +113,47 @@ def test_queue_stall_lindley():
     assert queue_stall(np.array([1, 3]), 10, 12, 2) == 0
     assert queue_stall(np.array([0, 0, 0]), 1, 0, 2) == 1       # 3 items in one cycle, 2 served
     assert queue_stall(np.array([], dtype=np.int64), 5, 9, 1) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 60), max_size=40), st.integers(0, 80), st.integers(1, 9))
+def test_unit_queue_stall_equals_queue_stall_of_the_items(starts, last, rate):
+    """The arrival-histogram form of a width-1 queue gives queue_stall's cycles (bursts, gaps, empty)."""
+    starts = np.array(starts, np.int64)
+    assert unit_queue_stall(np.bincount(starts), last, rate) == queue_stall(starts, 1, last, rate)
+
+
+def os_group_scale_per_item(rows, cols, placement, multipliers, sr, scales, classes):
+    """The os branch of the group-scale stall one item per PE and group end (queue_stall of every arrival)."""
+    per_column = placement == "per_column"
+    rate = multipliers // cols if per_column else multipliers
+    stall = 0
+    for fc in classes:
+        ends, cu = np.repeat(fc.ends, scales), fc.cols_used
+        last = fc.k + rows + cols - 3
+        for ru, rc in zip(*fold_sizes(sr, rows)):
+            if ends.size * ru * (1 if per_column else cols) <= rate:
+                continue
+            pes = (ends[:, None] + np.arange(ru)).ravel()
+            if per_column:
+                stall += rc * fc.count * queue_stall(pes, 1, last - (cu - 1), rate)
+            else:
+                stall += rc * fc.count * queue_stall((pes[:, None] + np.arange(cu)).ravel(), 1, last, rate)
+    return stall
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 6), st.sampled_from(["per_column", "shared"]), st.integers(1, 12),
+       st.integers(1, 30), st.sampled_from([1, 2]), st.integers(1, 40), st.data())
+def test_os_group_scale_equals_the_per_item_queue(rows, cols, placement, multipliers, sr, scales, k, data):
+    """_group_scale's os stall (arrival histograms) equals queuing every PE's group-end item one by one."""
+    multipliers = max(multipliers, cols) if placement == "per_column" else multipliers
+    classes = []
+    for _ in range(data.draw(st.integers(1, 2))):
+        ends = np.array(sorted(data.draw(st.sets(st.integers(0, k - 1), min_size=1))), np.int64)
+        classes.append(FoldClass(ends, k, data.draw(st.integers(1, cols)), data.draw(st.integers(1, 3))))
+    _, stall = _group_scale(rows, cols, Dataflow.OS, placement, multipliers, sr, k, k, scales, classes)
+    assert stall == os_group_scale_per_item(rows, cols, placement, multipliers, sr, scales, classes)
 
 
 def test_group_scale_os_hand_computed():

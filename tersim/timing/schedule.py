@@ -185,6 +185,19 @@ def queue_stall(starts: np.ndarray, width: int, last: int, rate: int) -> int:
     return max(0, -(-backlog // rate))
 
 
+def unit_queue_stall(arrivals: np.ndarray, last: int, rate: int) -> int:
+    """`queue_stall` of items that each arrive in one cycle (width 1), given as `arrivals[t]` = items arriving
+    at cycle t: the same Lindley maximum over the same cycles (each arrival cycle and the one after it), the
+    items at or after t0 a suffix sum, with no per-item arrays (an os fold has one item per PE and group end)."""
+    present = np.flatnonzero(arrivals)
+    if present.size == 0:
+        return 0
+    at_or_after = np.append(np.cumsum(arrivals[::-1])[::-1], 0)
+    t0 = np.concatenate((present, present + 1))
+    backlog = int(np.max(at_or_after[t0] - rate * (last - t0 + 1)))
+    return max(0, -(-backlog // rate))
+
+
 def _fold_stall(ends: np.ndarray, width: int, last: int, cols_used: int, rate: int, per_column: bool) -> int:
     """Group-scale stall of one fold: the multipliers' FIFO must empty before the next fold starts.
 
@@ -264,11 +277,17 @@ def _group_scale(rows: int, cols: int, df: Dataflow, placement: str, multipliers
         ends, cu = np.repeat(fc.ends, scales), fc.cols_used    # two scales: two items per group end
         if df is Dataflow.OS:
             last = fc.k + rows + cols - 3
+            ends_per_cycle = np.bincount(ends)   # two scales: two items per group end
             for ru, rc in zip(*fold_sizes(sr, rows)):
                 if ends.size * ru * (1 if per_column else cols) <= rate:
                     continue  # never more arrivals per cycle than multipliers
-                pes = (ends[:, None] + np.arange(ru)).ravel()
-                stall += rc * fc.count * _fold_stall(pes, 1, last, cu, rate, per_column)
+                # PE (r, c) ends group e at cycle e + r + c: the arrivals per cycle of column 0 (the ends shifted
+                # by every row) and, shared, of all columns (shifted again by every column)
+                column0 = np.convolve(ends_per_cycle, np.ones(int(ru), np.int64))
+                if per_column:
+                    stall += rc * fc.count * unit_queue_stall(column0, last - (cu - 1), rate)
+                else:
+                    stall += rc * fc.count * unit_queue_stall(np.convolve(column0, np.ones(cu, np.int64)), last, rate)
             continue
         windows: dict[bytes, int] = {}
         for w in np.split(ends % rows, np.searchsorted(ends, np.arange(rows, fc.k, rows))):
