@@ -44,8 +44,9 @@ class RunResult:
     qgraph: QuantizedGraph
 
 
-def layer_shape(graph: Graph, layer: QuantizedLayer) -> LayerShape:
-    """The timing model's view of one weighted layer (batch 1; linear = 1x1 conv on one pixel)."""
+def layer_shape(graph: Graph, layer: QuantizedLayer, nonzero: bool = True) -> LayerShape:
+    """The timing model's view of one weighted layer (batch 1; linear = 1x1 conv on one pixel). `nonzero`
+    False leaves out the mask of non-zero codes, which only `zero_weights: skip` reads."""
     node = layer.node
     src = graph.node(node.inputs[0]).shape
     if node.op == "linear":
@@ -60,7 +61,8 @@ def layer_shape(graph: Graph, layer: QuantizedLayer) -> LayerShape:
         name=node.name, batch=1, in_channels=cin, in_h=h, in_w=w, out_channels=cout, out_h=oh, out_w=ow,
         kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, groups=groups, weight_kind=layer.weight_kind,
         group_size=layer.group_size, zero_fraction=layer.stats["sparsity"],
-        nonzero=LayerShape.nonzero_of(layer.codes, layer.group_layout), group_layout=layer.group_layout,
+        nonzero=LayerShape.nonzero_of(layer.codes, layer.group_layout) if nonzero else None,
+        group_layout=layer.group_layout,
         scales=layer.scales, weight_bits=layer.weight_bits or 8, weight_scheme=layer.scheme or "uniform",
     )
 

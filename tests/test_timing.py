@@ -156,6 +156,41 @@ def test_os_group_scale_equals_the_per_item_queue(rows, cols, placement, multipl
     assert stall == os_group_scale_per_item(rows, cols, placement, multipliers, sr, scales, classes)
 
 
+def ws_group_scale_per_fold(rows, cols, placement, multipliers, t, t_tile, scales, classes):
+    """The ws/is branch of the group-scale stall with every row fold's ends cut out one by one (np.split)."""
+    per_column = placement == "per_column"
+    rate = multipliers // cols if per_column else multipliers
+    stall = 0
+    for fc in classes:
+        ends, cu = np.repeat(fc.ends, scales), fc.cols_used
+        for w in np.split(ends % rows, np.searchsorted(ends, np.arange(rows, fc.k, rows))):
+            if w.size * (1 if per_column else cols) <= rate:
+                continue
+            for tn, tc in zip(*fold_sizes(t, t_tile)):
+                last = tn + rows + cols - 3
+                if per_column:
+                    stall += tc * fc.count * queue_stall(w, tn, last - (cu - 1), rate)
+                else:
+                    stall += tc * fc.count * queue_stall((w[:, None] + np.arange(cu)).ravel(), tn, last, rate)
+    return stall
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 6), st.sampled_from(["per_column", "shared"]), st.integers(1, 12),
+       st.integers(1, 30), st.integers(1, 12), st.sampled_from([1, 2]), st.integers(1, 40),
+       st.sampled_from([Dataflow.WS, Dataflow.IS]), st.data())
+def test_ws_is_group_scale_equals_the_fold_by_fold_queue(rows, cols, placement, multipliers, t, t_tile, scales, k,
+                                                         df, data):
+    """_group_scale's ws/is stall (distinct row folds counted from one table) equals queuing every fold."""
+    multipliers = max(multipliers, cols) if placement == "per_column" else multipliers
+    classes = []
+    for _ in range(data.draw(st.integers(1, 2))):
+        ends = np.array(sorted(data.draw(st.sets(st.integers(0, k - 1), min_size=1))), np.int64)
+        classes.append(FoldClass(ends, k, data.draw(st.integers(1, cols)), data.draw(st.integers(1, 3))))
+    _, stall = _group_scale(rows, cols, df, placement, multipliers, k, t, t_tile, scales, classes)
+    assert stall == ws_group_scale_per_fold(rows, cols, placement, multipliers, t, t_tile, scales, classes)
+
+
 def test_group_scale_os_hand_computed():
     # os on 4x2: (Sr,Sc,T) = (P=10, N=2, K=8): row folds of 4,4,2 pixels, per fold 4+2+8-2 = 12 cycles.
     # N=2 -> groups end at k = 1, 3, 5, 7; PE (r, c) ends group e at stream cycle e + r + c. Column 0 of a

@@ -32,13 +32,14 @@ def evaluate_task(graph: Graph, data: Evaluation | None, task: Task) -> list[tup
             for p, r in zip(task.points, results)]
 
 
-def _per_layer(graph: Graph, qgraph) -> dict:
-    """tabulate's per-layer inputs that do not depend on the hardware point: shapes and operation counts."""
+def _per_layer(graph: Graph, qgraph, skip: bool) -> dict:
+    """tabulate's per-layer inputs that do not depend on the hardware point: shapes and operation counts.
+    `skip`: some point of the task has `zero_weights: skip` (the only reader of the shapes' non-zero masks)."""
     from tersim.engine.counts import layer_counts
     from tersim.pipeline import layer_shape
 
     weighted = [(name, layer) for name, layer in qgraph.layers.items() if layer.weight_kind]
-    return {"shapes": {name: layer_shape(graph, layer) for name, layer in weighted},
+    return {"shapes": {name: layer_shape(graph, layer, nonzero=skip) for name, layer in weighted},
             "counts": {name: layer_counts(layer) for name, layer in weighted}}
 
 
@@ -58,7 +59,7 @@ def _executed(graph: Graph, data: Evaluation, points: Sequence[Point]) -> list:
         key = quantization_key(options.apply(p.hw))
         if key not in shared:
             e = evaluate(p.hw, graph, options, reference=data.reference)
-            shared[key] = (e, _per_layer(graph, e.qgraph))
+            shared[key] = (e, _per_layer(graph, e.qgraph, _any_skip(points)))
         e, per_layer = shared[key]
         hw = options.apply(p.hw)
         results.append(tabulate(graph, e.qgraph, hw, samples=e.source.length, labelled=e.source.labelled,
@@ -86,10 +87,14 @@ def _timing_only(graph: Graph, data: Evaluation, points: Sequence[Point]) -> lis
             weights[wkey] = quantize_weights(graph, hw, calib)
         if qkey not in quantized:
             qgraph = quantize_graph(graph, calibration, hw, weights=weights[wkey])
-            quantized[qkey] = (qgraph, _per_layer(graph, qgraph))
+            quantized[qkey] = (qgraph, _per_layer(graph, qgraph, _any_skip(points)))
         qgraph, per_layer = quantized[qkey]
         results.append(tabulate(graph, qgraph, hw, samples=0, labelled=False, **per_layer))
     return results
+
+
+def _any_skip(points: Sequence[Point]) -> bool:
+    return any(p.options.apply(p.hw).pe.zero_weights == "skip" for p in points)
 
 
 def _plain(row: dict) -> dict:

@@ -8,6 +8,7 @@ stalls from the multiplier FIFOs, tile reloads) as an `ArrayCycles`. docs/TIMING
 """
 from __future__ import annotations
 
+import collections
 import enum
 import functools
 import math
@@ -289,11 +290,12 @@ def _group_scale(rows: int, cols: int, df: Dataflow, placement: str, multipliers
                 else:
                     stall += rc * fc.count * unit_queue_stall(np.convolve(column0, np.ones(cu, np.int64)), last, rate)
             continue
-        windows: dict[bytes, int] = {}
-        for w in np.split(ends % rows, np.searchsorted(ends, np.arange(rows, fc.k, rows))):
-            windows[w.tobytes()] = windows.get(w.tobytes(), 0) + 1
-        for key, wc in windows.items():
-            w = np.frombuffer(key, dtype=ends.dtype)
+        # row fold j steps K indices [j * rows, (j + 1) * rows): its group ends per row, one fold per table row;
+        # folds with the same ends stall alike, so each distinct one is queued once, times its count
+        folds = len(range(rows, fc.k, rows)) + 1
+        ends_per_row = np.bincount(ends, minlength=folds * rows).reshape(folds, rows)
+        for key, wc in collections.Counter(ends_per_row.view(np.dtype((np.void, rows * 8))).ravel().tolist()).items():
+            w = np.repeat(np.arange(rows), np.frombuffer(key, np.int64))   # the fold's group-end rows, in order
             if w.size * (1 if per_column else cols) <= rate:
                 continue
             for tn, tc in zip(*fold_sizes(t, t_tile)):
