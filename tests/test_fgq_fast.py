@@ -145,7 +145,7 @@ def test_int8_numba_equals_the_torch_path(w, factor):
     w.reshape(w.shape[0], -1)[0, :2] = [127.0, 2.5][:w.reshape(w.shape[0], -1).shape[1]]  # ties at scale 1
     codes, alpha = fgq.quantize_int8_weights(w)
     ref_codes, ref_alpha = fgq.quantize_int8_weights(torch.from_numpy(w.astype(np.float64)))
-    assert codes.dtype == np.int8 and alpha.dtype == np.float64 and codes.shape == w.shape
+    assert codes.dtype == np.int8 and alpha.dtype == np.float64 and codes.shape == w.shape and alpha.flags.writeable
     np.testing.assert_array_equal(codes, ref_codes.numpy())
     assert alpha.shape == tuple(ref_alpha.shape)
     assert np.array_equal(alpha.view(np.int64), ref_alpha.numpy().view(np.int64))
@@ -156,3 +156,16 @@ def test_int8_numba_rejects_nonfinite_and_takes_integers():
         fgq.quantize_int8_weights(np.array([[1.0, np.inf]], np.float32))
     codes, alpha = fgq.quantize_int8_weights(np.array([[254, -1, 0]], np.int64))
     assert codes.tolist() == [[127, 0, 0]] and alpha.ravel().tolist() == [2.0]   # -1/2 = -0.5 rounds to -0
+
+
+@FAST
+@given(hnp.arrays(st.sampled_from([np.float32, np.float64]), st.sampled_from([(3, 5), (4, 3, 3, 3), (1, 1), (6, 2, 1, 3)]),
+                  elements=st.floats(-1e3, 1e3, width=32)))
+def test_int8_with_stats_equals_the_separate_calls(w):
+    """The int8 layers' one pass (codes, scales and the residual) gives the two calls' stats bit for bit."""
+    codes, alpha, stats = fgq.int8_with_stats(w)
+    ref_codes, ref_alpha = fgq.quantize_int8_weights(w)
+    np.testing.assert_array_equal(codes, ref_codes)
+    assert np.array_equal(alpha.view(np.int64), ref_alpha.view(np.int64))
+    assert stats == fgq.weight_stats_variant(w, ref_codes, ref_alpha, w.shape[1], "channel", "one")
+    assert stats == torch_stats(w.astype(np.float64), ref_codes, ref_alpha, w.shape[1])

@@ -317,7 +317,7 @@ def quantize_int8_weights(weight: Array) -> tuple[Array, Array]:
     runs the layer unchanged. Types follow ``ternarize`` (numpy in -> numpy out, float64 alpha).
     """
     if not isinstance(weight, torch.Tensor) and np.asarray(weight).size:
-        return _quantize_int8_numpy(np.asarray(weight))
+        return _quantize_int8_numpy(np.asarray(weight))[:2]
     w, from_numpy = _to_torch(weight)
     w4 = _as_conv(w)
     cout, cin, kh, kw = w4.shape
@@ -334,9 +334,18 @@ def quantize_int8_weights(weight: Array) -> tuple[Array, Array]:
     return _out(codes, alpha, from_numpy)
 
 
-def _quantize_int8_numpy(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def int8_with_stats(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """``quantize_int8_weights`` and ``weight_stats_variant`` of its result (group size Cin) for a non-empty numpy
+    weight: one pass writes the codes and the residual the stats need (the same bits as the two calls)."""
+    codes, alpha, residual = _quantize_int8_numpy(np.asarray(weight), residual=True)
+    w4 = np.asarray(weight, np.float64)
+    return codes, alpha, _stats_of_residual(w4[:, :, None, None] if w4.ndim == 2 else w4, codes, residual)
+
+
+def _quantize_int8_numpy(arr: np.ndarray, residual: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """quantize_int8_weights of a non-empty numpy weight in one Numba pass (no float64 tensor copies): the same
-    float64 max, division and half-to-even rounding as the torch path, so the same codes and scales."""
+    float64 max, division and half-to-even rounding as the torch path, so the same codes and scales; with
+    `residual` also w - codes * scale (float64, the conv view's shape), else an empty array."""
     from tersim.quantize.fgq_kernels import int8_channel_codes
 
     if arr.dtype.kind not in "fiub":
@@ -344,11 +353,12 @@ def _quantize_int8_numpy(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float64)
     w4 = _as_conv(arr)
-    codes, scale, finite = int8_channel_codes(np.ascontiguousarray(w4), float(INT8_QMAX))
+    codes, scale, finite, res = int8_channel_codes(np.ascontiguousarray(w4), float(INT8_QMAX), residual)
     if not finite:
         raise ValueError("weight contains NaN or infinite values")
     cout, _, kh, kw = w4.shape
-    return codes.reshape(arr.shape), np.ascontiguousarray(np.broadcast_to(scale[:, None, None, None], (cout, kh, kw, 1)))
+    alpha = np.broadcast_to(scale[:, None, None, None], (cout, kh, kw, 1)).copy()  # writable, as torch's
+    return codes.reshape(arr.shape), alpha, res.reshape(w4.shape) if residual else res
 
 
 def fixed_point_alpha(alpha: Array, scale_bits: int) -> tuple[np.ndarray, int]:
@@ -361,12 +371,12 @@ def fixed_point_alpha(alpha: Array, scale_bits: int) -> tuple[np.ndarray, int]:
     """
     if isinstance(scale_bits, bool) or not isinstance(scale_bits, (int, np.integer)) or not 1 <= scale_bits <= 31:
         raise ValueError(f"scale_bits must be an int in [1, 31], got {scale_bits!r}")
-    from tersim.quantize.fgq_kernels import alpha_top, scaled_alpha_codes
+    from tersim.quantize.fgq_kernels import scaled_alpha_codes
 
     a = alpha.detach().cpu().numpy() if isinstance(alpha, torch.Tensor) else np.asarray(alpha)
     a = np.ascontiguousarray(a, np.float64)  # no copy for the solvers' float64 alphas
-    top, valid = alpha_top(a.reshape(-1))
-    if not valid:
+    top = float(a.max()) if a.size else 0.0  # a NaN anywhere makes the max NaN
+    if not math.isfinite(top) or (a.size and a.min() < 0):
         raise ValueError("alpha must be finite and non-negative")
     qmax = 2 ** int(scale_bits) - 1
     if top == 0.0:

@@ -179,19 +179,6 @@ def dequantized_residual(w, codes, alpha, n):
 
 
 @njit(cache=True)
-def alpha_top(a):
-    """(max of a, whether every value is finite and >= 0) of a flat float64 array, in one branch-free pass
-    (max 0.0 when empty; meaningless when the check fails)."""
-    top = 0.0
-    valid = True
-    for i in range(a.size):
-        v = a[i]
-        valid &= 0.0 <= v < np.inf   # NaN fails every comparison
-        top = max(top, v)
-    return top, valid
-
-
-@njit(cache=True)
 def scaled_alpha_codes(a, scale, qmax):
     """int32 rint(a * scale) clipped to [0, qmax], a flat float64 array; `scale` an exact power of two, so
     a * scale is the correctly rounded ldexp(a, frac) and rint rounds half to even as np.rint. Serial: a
@@ -204,13 +191,15 @@ def scaled_alpha_codes(a, scale, qmax):
 
 
 @njit(cache=True)
-def int8_channel_codes(w, qmax):
+def int8_channel_codes(w, qmax, with_residual):
     """Symmetric per-output-channel 8-bit codes of w (Cout, Cin, kh, kw), float32 or float64 read as float64:
     scale_o = max|w_o| / qmax, codes = rint(w / scale_o) clipped to [-qmax, qmax] (an all-zero channel: scale
-    0, codes 0); the float64 operations of fgq.quantize_int8_weights' torch path. Also whether w is finite."""
+    0, codes 0); the float64 operations of fgq.quantize_int8_weights' torch path. Also whether w is finite,
+    and with `with_residual` w - codes * scale_o (float64, `dequantized_residual`'s values; else empty)."""
     cout = w.shape[0]
     wf = w.reshape(cout, -1)
     codes = np.empty(wf.shape, np.int8)
+    residual = np.empty(wf.shape if with_residual else (0, 0), np.float64)
     scale = np.empty(cout, np.float64)
     finite = True
     for o in range(cout):
@@ -223,6 +212,9 @@ def int8_channel_codes(w, qmax):
         scale[o] = s
         safe = s if s > 0 else 1.0
         for i in range(wf.shape[1]):
-            q = np.rint(np.float64(wf[o, i]) / safe)
-            codes[o, i] = np.int8(min(max(q, -qmax), qmax))
-    return codes.reshape(w.shape), scale, finite
+            v = np.float64(wf[o, i])
+            code = np.int8(min(max(np.rint(v / safe), -qmax), qmax))
+            codes[o, i] = code
+            if with_residual:
+                residual[o, i] = v - np.float64(code) * s
+    return codes.reshape(w.shape), scale, finite, residual

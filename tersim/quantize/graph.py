@@ -14,8 +14,8 @@ from tersim.config import Accelerator
 from tersim.frontend.float_exec import FloatOutputs, execute_float
 from tersim.frontend.ir import Graph, Node
 from tersim.quantize.activations import act_frac, act_range
-from tersim.quantize.fgq import (dequantize_variant, fixed_point_alpha, quantize_int8_weights, ternarize_with_stats,
-                                 weight_stats_variant)
+from tersim.quantize.fgq import (dequantize_variant, fixed_point_alpha, int8_with_stats, quantize_int8_weights,
+                                 ternarize_with_stats, weight_stats_variant)
 from tersim.quantize.layout import scale_count
 from tersim.quantize.schemes import scheme_layer_names, scheme_weights
 
@@ -140,9 +140,12 @@ def _quantize_weights(node: Node, group_size: int, method: str, scale_bits: int,
     weight = node.weight if weight is None else weight
     cin_per_group = weight.shape[1]
     if int8:
-        codes, alpha = quantize_int8_weights(weight)
         kind, n_eff, group_layout, scales = "int8", cin_per_group, "channel", "one"
-        stats = weight_stats_variant(weight, codes, alpha, n_eff, group_layout, scales)
+        if isinstance(weight, np.ndarray) and weight.size:
+            codes, alpha, stats = int8_with_stats(weight)
+        else:
+            codes, alpha = quantize_int8_weights(weight)
+            stats = weight_stats_variant(weight, codes, alpha, n_eff, group_layout, scales)
     else:
         kind = "ternary"
         k_per_filter = cin_per_group * (int(np.prod(weight.shape[2:])) if group_layout == "kernel" else 1)
