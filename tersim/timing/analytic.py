@@ -255,17 +255,33 @@ def baseline_layer_timing(shape: LayerShape, hw: Accelerator, cycles: ArrayCycle
     """The same layer on the FP32 baseline (hw.baseline): FP32 MAC PEs, 4-byte weights, activations and
     partial sums, dense (no zero skipping), no group scaling. `cycles` from the engine, else closed forms."""
     if cycles is None:  # the closed forms see only these: a sweep over the ternary design reuses them per point
-        key = (shape, hw.baseline, hw.energy, os_formula)
-        if key not in _BASELINE_MEMO:
-            if len(_BASELINE_MEMO) >= BASELINE_MEMO_SIZE:
-                _BASELINE_MEMO.clear()
-            _BASELINE_MEMO[key] = _baseline_layer_timing(shape, hw, None, os_formula)
-        return _BASELINE_MEMO[key]
+        memo = _baseline_memo(hw, os_formula)
+        if shape not in memo:
+            if len(memo) >= BASELINE_MEMO_SIZE:
+                memo.clear()
+            memo[shape] = _baseline_layer_timing(shape, hw, None, os_formula)
+        return memo[shape]
     return _baseline_layer_timing(shape, hw, cycles, os_formula)
 
 
 BASELINE_MEMO_SIZE = 4096
-_BASELINE_MEMO: dict[tuple, LayerTiming] = {}
+_BASELINE_MEMO: dict[tuple, dict[LayerShape, LayerTiming]] = {}   # (baseline, energy, os_formula) -> by shape
+_LAST_BASELINE: tuple | None = None
+
+
+def _baseline_memo(hw: Accelerator, os_formula: OsFormula) -> dict[LayerShape, LayerTiming]:
+    """The baseline timings memoised for hw's baseline and energy tables (frozen models). The layers of one
+    model are timed on one `hw` in a row: the same objects as last time skip hashing the two models."""
+    global _LAST_BASELINE
+    last = _LAST_BASELINE
+    if last is not None and last[0] is hw.baseline and last[1] is hw.energy and last[2] == os_formula:
+        return last[3]
+    key = (hw.baseline, hw.energy, os_formula)
+    if key not in _BASELINE_MEMO and len(_BASELINE_MEMO) >= 64:
+        _BASELINE_MEMO.clear()
+    memo = _BASELINE_MEMO.setdefault(key, {})
+    _LAST_BASELINE = (hw.baseline, hw.energy, os_formula, memo)
+    return memo
 
 
 def _baseline_layer_timing(shape: LayerShape, hw: Accelerator, cycles: ArrayCycles | None,

@@ -154,9 +154,21 @@ def group_ends(shape: LayerShape, kept: np.ndarray | None = None) -> np.ndarray:
     """Positions in the stepped K order (all of K, or the `kept` indices with skip) whose PE completes an
     FGQ group: there the group's exact partial sum leaves the adder chain for a group-scaling multiplier.
     A group whose indices were all dropped by skip is gone with its multiply (its sum would be 0). With two
-    scales every end sends two products."""
+    scales every end sends two products. Dense (no `kept`): a shared read-only array."""
+    if kept is None:
+        return _dense_group_ends(shape.cin_per_group, shape.kernel_h, shape.kernel_w, shape.group_size,
+                                 shape.group_layout)
     seg = group_index(shape, kept)
     return np.flatnonzero(np.append(seg[1:] != seg[:-1], True))
+
+
+@functools.lru_cache(maxsize=1024)
+def _dense_group_ends(cin_g: int, kh: int, kw: int, group_size: int, group_layout: str) -> np.ndarray:
+    """group_ends of all of K, once per layer geometry (timed per layer and per sweep point)."""
+    seg = _k_group_index(cin_g, kh, kw, group_size, group_layout)
+    ends = np.flatnonzero(np.append(seg[1:] != seg[:-1], True))
+    ends.flags.writeable = False
+    return ends
 
 
 def group_end_mask(shape: LayerShape, kept: np.ndarray | None = None) -> np.ndarray:
