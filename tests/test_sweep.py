@@ -306,3 +306,25 @@ def test_a_sweep_over_n_makes_one_fp32_pass(graph, data, tmp_path, monkeypatch):
     row = result.points.query("group_size == 4 and act_bits == 8").iloc[0]
     for column in ("accuracy_fp32", "accuracy_quant", "top1_agreement", "max_abs_err", "overflow_events"):
         assert row[column] == single.summary[column][0], column
+
+
+STALLS = {"array.dataflow": ["weight_stationary", "output_stationary", "input_stationary"],
+          "pe.zero_weights": ["gate", "skip"], "group_scaling.placement": ["per_column", "shared"],
+          "group_scaling.multipliers": [16]}
+
+
+def test_timing_only_points_with_stalls_and_skip_equal_points_computed_alone(graph):
+    """The per-point timing shares memoised work (group-scale stalls, baseline timings, group ends, shapes
+    without non-zero masks unless a point skips): every point of a sweep mixing dataflows, gate/skip and
+    multiplier placements on few multipliers equals the point computed by itself."""
+    swept = sweeps.run_sweep(HW, graph, [1, 4], [8], overrides=STALLS, timing_only=True)
+    assert (swept.points.group_scale_stall_cycles > 0).any()   # the stall model is exercised
+    keys = [*STALLS, "group_size", "act_bits"]
+    for _, row in swept.points.iterrows():
+        combo = [(k, row[k]) for k in STALLS]
+        alone = _alone(graph, None, combo, int(row.group_size), int(row.act_bits), timing_only=True)
+        pd.testing.assert_series_equal(row.drop(labels=list(STALLS)), alone.points.iloc[0], check_names=False)
+        layers = swept.layers
+        mask = np.logical_and.reduce([layers[k] == row[k] for k in keys])
+        pd.testing.assert_frame_equal(layers[mask].drop(columns=list(STALLS)).reset_index(drop=True),
+                                      alone.layers.reset_index(drop=True))
