@@ -102,6 +102,22 @@ def test_lane_kernel_equals_group_kernel(case):
     assert np.array_equal(lanes[1].view(np.int64), groups[1].view(np.int64))
     residual = k.dequantized_residual(w.astype(np.float64), groups[0], groups[1], n)  # the residual it writes too
     assert np.array_equal(lanes[2].view(np.int64), residual.view(np.int64))
+    assert lanes[3].all() and lanes[3].shape == (w.shape[0],)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("n", [1, 3, 64, 65])
+def test_nonfinite_weights_are_rejected_by_both_solvers(bad, n):
+    """The lane solver checks finiteness as it reads the weights (per output channel), the group solver
+    before: a NaN/inf anywhere, in any channel, is one ValueError, float32 or float64."""
+    for dtype in (np.float32, np.float64):
+        for where in [(0, 0, 0, 0), (2, 69, 1, 0), (1, 33, 0, 1)]:
+            w = np.ones((3, 70, 2, 2), dtype)
+            w[where] = bad
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                fgq.ternarize(w, n)
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                fgq.ternarize_with_stats(w, n)
 
 
 def test_float32_weights_are_read_in_place():

@@ -21,10 +21,15 @@ def exact_ternary(w: np.ndarray, n: int, residual: bool = False) -> tuple[np.nda
     codes int8 (Cout, Cin, kh, kw), alpha float64 (Cout, kh, kw, G): per group the top-k |w| with k
     maximising S_k / sqrt(k) (first maximum, i.e. smallest k), alpha = S_k / k, codes = sign(w) on the kept
     weights; with `residual` also w - codes * alpha (float64, w's shape; `dequantized_residual`'s values),
-    else None. Both solvers give the same bits (tests/test_fgq_fast.py)."""
+    else None. Both solvers give the same bits (tests/test_fgq_fast.py). A NaN or infinite weight raises
+    ValueError (the lane solver checks the values as it reads them)."""
     if n <= LANES_MAX:
-        codes, alpha, res = _exact_ternary_lanes(w, n, residual)
+        codes, alpha, res, finite = _exact_ternary_lanes(w, n, residual)
+        if not finite.all():
+            raise ValueError("weight contains NaN or infinite values")
         return codes, alpha, (res if residual else None)
+    if not np.isfinite(w).all():
+        raise ValueError("weight contains NaN or infinite values")
     codes, alpha = _exact_ternary_groups(w, n)
     return codes, alpha, (dequantized_residual(w.astype(np.float64), codes, alpha, n) if residual else None)
 
@@ -96,7 +101,8 @@ def _exact_ternary_lanes(w, n, with_residual):
     cumulative sums, the best k) is one loop over contiguous lanes that the compiler vectorises. A short last
     group is padded with zeros: they sort after every real weight and adding 0.0 leaves the sums unchanged, so
     a padded k scores S_m / sqrt(k) < S_m / sqrt(m) (or 0, not > 0) and is never the first maximum.
-    `with_residual`: also return w - codes * alpha (float64), written with the codes (else an empty array)."""
+    `with_residual`: also return w - codes * alpha (float64), written with the codes (else an empty array);
+    and per output channel whether all its weights are finite (the results are meaningless where not)."""
     cout, cin, kh, kw = w.shape
     G = (cin + n - 1) // n
     khw = kh * kw
@@ -106,11 +112,16 @@ def _exact_ternary_lanes(w, n, with_residual):
     residual = np.empty((cout, cin, kh, kw) if with_residual else (0, 0, 0, 0), np.float64)
     wf, cf, af = w.reshape(cout, cin * khw), codes.reshape(cout, cin * khw), alpha.reshape(cout, lanes)
     rf = residual.reshape(cout, cin * khw if with_residual else 0)
+    finite = np.empty(cout, np.bool_)
     rsqrt = np.empty(n, np.float64)
     for k in range(n):
         rsqrt[k] = 1.0 / np.sqrt(np.float64(k + 1))
     for o in prange(cout):
         wo, co, ao = wf[o], cf[o], af[o]
+        ok = True
+        for f in range(cin * khw):
+            ok &= np.isfinite(wo[f])
+        finite[o] = ok
         a = np.zeros((n, lanes), np.float64)
         s = np.empty((n, lanes), np.float64)
         rank = np.empty((n, lanes), np.int32)
@@ -161,7 +172,7 @@ def _exact_ternary_lanes(w, n, with_residual):
                     co[f] = code
                     if with_residual:
                         rf[o, f] = np.float64(v) - np.float64(code) * ao[L]
-    return codes, alpha, residual
+    return codes, alpha, residual, finite
 
 
 @njit(cache=True, parallel=True)
