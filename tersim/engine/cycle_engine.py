@@ -148,7 +148,7 @@ def conv2d_engine(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q:
     rows, cols, df = hw.array.rows, hw.array.cols, hw.array.dataflow
     ends, gidx = group_end_mask(shape), group_index(shape)
     # Exact group sums (carried across folds too) need at most max|x| * max|code| * (weights per group).
-    group_bound = max_abs(x) * max(1, max_abs(codes)) * min(spec.group_size, K)
+    group_bound = spec.xmax * max(1, max_abs(codes)) * min(spec.group_size, K)   # xmax: check_conv's scan of x
     two = spec.scales == 2
     if two and group_bound >= PACK_HALF:
         raise EngineError(f"layer '{name}': two-scale partial sums need max|x| * N < 2**30 to pack")

@@ -3,11 +3,32 @@
     from tersim.finetune import FinetuneConfig, finetune, save_model
     result = finetune("model.pt2", load_dataset("train.npz"), FinetuneConfig(group_size=64, act_bits=8))
     save_model(result, "model_ft.pt2")     # accepted by `tersim run` / `verify`
-"""
-from tersim.finetune.graph_module import FLOAT_PLAN, GraphNet, QuantPlan
-from tersim.errors import FinetuneError
-from tersim.finetune.methods import METHODS
-from tersim.finetune.train import FinetuneConfig, FinetuneResult, finetune, read_metadata, save_model
 
+The API is imported on first use: the CLI builds its `finetune` parser without loading torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+METHODS = ("ste", "progressive", "stochastic", "kd")   # the fine-tuning methods (tersim.finetune.methods)
+
+_LAZY = {
+    "FLOAT_PLAN": "tersim.finetune.graph_module", "GraphNet": "tersim.finetune.graph_module",
+    "QuantPlan": "tersim.finetune.graph_module", "FinetuneError": "tersim.errors",
+    "FinetuneConfig": "tersim.finetune.train", "FinetuneResult": "tersim.finetune.train",
+    "finetune": "tersim.finetune.train", "read_metadata": "tersim.finetune.train", "save_model": "tersim.finetune.train",
+}
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "save_model", "read_metadata", "GraphNet", "QuantPlan",
            "FLOAT_PLAN", "METHODS", "FinetuneError"]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'tersim.finetune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -22,7 +22,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the `finetune` sub-command to tersim's argument parser."""
-    from tersim.finetune.methods import METHODS
+    from tersim.finetune import METHODS
 
     p = subparsers.add_parser(
         "finetune", help="quantization-aware fine-tuning (FGQ ternary weights, DFP activations) -> new model file",

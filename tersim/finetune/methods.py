@@ -52,9 +52,8 @@ import torch
 import torch.nn.functional as F
 
 from tersim.errors import FinetuneError
+from tersim.finetune import METHODS  # noqa: F401 (the names are defined without torch; re-exported here)
 from tersim.finetune.graph_module import GraphNet, QuantPlan
-
-METHODS = ("ste", "progressive", "stochastic", "kd")
 
 
 class Method:
