@@ -239,6 +239,7 @@ def test_threaded_stream_gemm_equals_the_serial_one(case):
     """run_stream_gemm runs its (column fold, T tile) pairs on threads: outputs and every counter equal the
     serial fold-by-fold loop (tests/serial_systolic.py) over ragged folds and tiles, one or two scales, every
     FIFO kind (stalls included), saturating or wrapping narrow accumulators (overflow events), int8 -128."""
+    from numba import parallel_chunksize
     from serial_systolic import serial_stream_gemm
 
     from tersim.kernels.systolic import STEPPED, pack_two_scale_codes, run_stream_gemm
@@ -265,12 +266,15 @@ def test_threaded_stream_gemm_equals_the_serial_one(case):
     lo, hi = -(2 ** (c["acc_bits"] - 1)), 2 ** (c["acc_bits"] - 1) - 1
     args = (stat, strm, ends, gidx, alpha, bias, c["n_in_time"], c["rows"], c["cols"], c["t_tile"], lo, hi, c["wrap"],
             c["kind"], c["rate"])
-    out, ref = np.zeros((T, S), np.int64), np.zeros((T, S), np.int64)
-    got = run_stream_gemm(*args, out, np.zeros(1, psum), alpha_neg)
+    ref = np.zeros((T, S), np.int64)
     want = serial_stream_gemm(*args, ref, np.zeros(1, psum), alpha_neg)
-    np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(out, ref)
     assert want[STEPPED] > 0
+    for chunk in (0, 1):   # numba's default static split, and the engine's one tile at a time
+        out = np.zeros((T, S), np.int64)
+        with parallel_chunksize(chunk):
+            got = run_stream_gemm(*args, out, np.zeros(1, psum), alpha_neg)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(out, ref)
 
 
 def test_threaded_stream_gemm_equals_the_serial_one_on_floats():

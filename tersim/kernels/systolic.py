@@ -371,7 +371,9 @@ def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, 
     Returns the counters (int64[N_COUNTERS], indexed by STEPPED, LOAD, ...: see GemmCounters).
     alpha_neg (N, groups): alpha- of two scales per group (weights packed by pack_two_scale_codes), or None.
     The (column fold, T tile) pairs share no state (`_stream_tile`): they run on all threads, each counting
-    into its own row; the sums are the serial order's (integers).
+    into its own row; the sums are the serial order's (integers). Call it under numba.parallel_chunksize(1)
+    (tersim.engine.cycle_engine does): a thread then takes the next tile when it is done, so on a busy machine a
+    slowed thread does fewer tiles instead of holding up its fixed half.
     """
     S = stat_src.shape[0]
     T = strm.shape[1]
