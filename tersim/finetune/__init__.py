@@ -8,7 +8,7 @@ The API is imported on first use: the CLI builds its `finetune` parser without l
 """
 from __future__ import annotations
 
-import importlib
+from tersim import lazy_exports
 
 METHODS = ("ste", "progressive", "stochastic", "kd")   # the fine-tuning methods (tersim.finetune.methods)
 
@@ -21,14 +21,4 @@ _LAZY = {
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "save_model", "read_metadata", "GraphNet", "QuantPlan",
            "FLOAT_PLAN", "METHODS", "FinetuneError"]
 
-
-def __getattr__(name: str) -> object:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'tersim.finetune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
