@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import parallel_chunksize
 
 from tersim.config import Accelerator
 from tersim.errors import EngineError
@@ -160,11 +159,10 @@ def conv2d_engine(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q:
     wcol = np.ascontiguousarray(pack_two_scale_codes(wk) if two else wk, dtype)
     alpha = np.asarray(alpha_q, np.int64).reshape(spec.Cout, -1, spec.scales)
     alpha_neg = np.ascontiguousarray(alpha[:, :, 1]) if two else None
-    with parallel_chunksize(1):   # run_stream_gemm's tiles go to whichever thread is free
-        acc, counters = _run_gemms(xcol, wcol, ends, gidx, np.ascontiguousarray(alpha[:, :, 0]),
-                                   np.asarray(bias_q, np.int64), rows, cols, df, os_formula,
-                                   ternary_traffic(shape, hw).t_tile, spec.acc_lo, spec.acc_hi, not saturate,
-                                   _queue(hw), np.int64, dtype, skip_plan(shape, hw, os_formula), shape, alpha_neg)
+    acc, counters = _run_gemms(xcol, wcol, ends, gidx, np.ascontiguousarray(alpha[:, :, 0]),
+                               np.asarray(bias_q, np.int64), rows, cols, df, os_formula,
+                               ternary_traffic(shape, hw).t_tile, spec.acc_lo, spec.acc_hi, not saturate, _queue(hw),
+                               np.int64, dtype, skip_plan(shape, hw, os_formula), shape, alpha_neg)
     acc = acc.reshape(spec.groups, spec.B, spec.OH, spec.OW, spec.cout_g).transpose(1, 0, 4, 2, 3)
     y = requantize_int(acc.reshape(spec.B, spec.Cout, spec.OH, spec.OW), shift=shift, out_lo=out_lo, out_hi=out_hi)
     return EngineResult(y, counters.overflow_events, _cycles(counters), counters, counters.stepped,
@@ -215,10 +213,9 @@ def baseline_gemm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *,
     xcol = im2col(x, kh, kw, spec.stride, spec.padding, spec.dilation, groups, spec.OH, spec.OW)
     wcol = np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(cout, K)
     b = np.zeros(cout, np.float32) if bias is None else np.asarray(bias, np.float32)
-    with parallel_chunksize(1):
-        acc, counters = _run_gemms(xcol, wcol, ends, np.zeros(K, np.int64), np.ones((cout, 1), np.float32), b,
-                                   base.rows, base.cols, base.dataflow, os_formula, baseline_traffic(shape, hw).t_tile,
-                                   -FLOAT_LIMIT, FLOAT_LIMIT, False, (QUEUE_NONE, 1), np.float32, np.float32)
+    acc, counters = _run_gemms(xcol, wcol, ends, np.zeros(K, np.int64), np.ones((cout, 1), np.float32), b,
+                            base.rows, base.cols, base.dataflow, os_formula, baseline_traffic(shape, hw).t_tile,
+                            -FLOAT_LIMIT, FLOAT_LIMIT, False, (QUEUE_NONE, 1), np.float32, np.float32)
     y = acc.reshape(groups, spec.B, spec.OH, spec.OW, spec.cout_g).transpose(1, 0, 4, 2, 3)
     return EngineResult(np.ascontiguousarray(y.reshape(spec.B, cout, spec.OH, spec.OW)), 0, _cycles(counters),
                         counters, counters.stepped, base.rows * base.cols * counters.stepped, shape)

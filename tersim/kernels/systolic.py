@@ -1,9 +1,7 @@
 """Cycle-stepped, data-carrying PE array (Numba). tersim/engine/cycle_engine.py prepares the operands.
 
 One GEMM (K reduction, an operand streamed in time, one laid across the columns) runs fold by fold on a
-rows x cols array; every cycle every PE register is updated. The ws/is column folds x T tiles share no
-state (each starts from the bias, zero carries and empty FIFOs), so they run on Numba's threads, each on
-its own registers; the counters are summed afterwards.
+rows x cols array; every cycle every PE register is updated.
 
 Register files are flat arrays of (rows + 1) lines of `width` = cols + 1 slots: slot 0 of a PE line is
 that row's input port (the streamed operand enters there), slot 1 + c the PE in column c; one more line
@@ -44,7 +42,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import overload
 
 # The counters a GEMM kernel returns (one int64 each, at these indices); `GemmCounters.of` names them.
@@ -305,14 +303,20 @@ def _skew_ports(ports, src, i0, n_i, j0, n_j, slot0):
 
 
 @njit(cache=True)
-def _stream_tile(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi, wrap, kind, rate,
-                 out, psum_proto, alpha_neg, s0, t0, stats):
-    """One column fold x T tile of run_stream_gemm: every row fold, on registers, FIFOs and accumulators of its
-    own (a tile starts from empty FIFOs, zero carries and the bias, and leaves the FIFOs empty), so tiles are
-    independent. Writes out[t0:t0 + tn, s0:s0 + su] and adds its counters to stats."""
+def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi, wrap,
+                    kind, rate, out, psum_proto, alpha_neg=None):
+    """ws / is: one GEMM fold by fold (column fold -> T tile -> row fold), every cycle stepped.
+
+    stat_src (S, K) is laid across the columns (ws: weights (N, K); is: im2col activations (P, K)),
+    strm (K, T) streams in time (ws: activations; is: weights). alpha (N, groups), bias (N,) are indexed
+    by the filter: the column (ws) or the time index (is). out (T, S) receives the accumulators.
+    Returns the counters (int64[N_COUNTERS], indexed by STEPPED, LOAD, ...: see GemmCounters).
+    alpha_neg (N, groups): alpha- of two scales per group (weights packed by pack_two_scale_codes), or None.
+    """
     n_scale = _scale_count(alpha_neg)
     S, K = stat_src.shape
     T = strm.shape[1]
+    stats = np.zeros(N_COUNTERS, np.int64)
     width = cols + 1
     n = (rows + 1) * width
     tile = min(t_tile, T)
@@ -330,63 +334,38 @@ def _stream_tile(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, col
     scale_neg = _zeros_like_if(alpha_neg, scale)
     occ = np.zeros(cols if kind == QUEUE_PER_COLUMN else 1, np.int64)
     arrivals = np.zeros(cols, np.int64)
-    su = min(cols, S - s0)
-    tn = min(t_tile, T - t0)
-    n_slots = tn + cols - 1
-    stats[OVERFLOW_EVENTS] += _init_acc(acc, bias, t0 if n_in_time else s0, su, tn, n_in_time, lo, hi, wrap)
-    for k0 in range(0, K, rows):
-        ku = min(rows, K - k0)
-        end_rows = np.flatnonzero(ends_k[k0:k0 + ku])
-        _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
-        if alpha_neg is not None:
-            _fold_scales(scale_neg, alpha_neg, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
-        _skew_ports(ports, strm, k0, ku, t0, tn, 0)
-        load = load_stationary(reg, stat_src, s0, su, k0, ku, width)
-        act[:] = 0
-        ps[:] = 0
-        stream, ev = stream_fold(reg, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, carry_in, carry_out,
-                                 act, nact, ps, nps, occ, arrivals, rate, kind, lo, hi, wrap, scale_neg)
-        stall = _queue_drain(occ, rate) if kind != QUEUE_NONE else 0
-        carry_in, carry_out = carry_out, carry_in
-        stats[STEPPED] += load + stream
-        stats[LOAD] += load
-        stats[STREAM] += stream
-        stats[FIRST_TILE_OVERHEAD if t0 == 0 else RELOAD_OVERHEAD] += load + stream - tn
-        stats[GROUP_STALL] += stall
-        stats[OVERFLOW_EVENTS] += ev
-        stats[GROUP_SUMS] += end_rows.size * su * tn * n_scale  # every end row scales one sum per real lane and time
-    for c in range(su):
-        for t in range(tn):
-            out[t0 + t, s0 + c] = acc[t + c, c]
-
-
-@njit(cache=True, parallel=True)
-def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi, wrap,
-                    kind, rate, out, psum_proto, alpha_neg=None):
-    """ws / is: one GEMM fold by fold (column fold -> T tile -> row fold), every cycle stepped.
-
-    stat_src (S, K) is laid across the columns (ws: weights (N, K); is: im2col activations (P, K)),
-    strm (K, T) streams in time (ws: activations; is: weights). alpha (N, groups), bias (N,) are indexed
-    by the filter: the column (ws) or the time index (is). out (T, S) receives the accumulators.
-    Returns the counters (int64[N_COUNTERS], indexed by STEPPED, LOAD, ...: see GemmCounters).
-    alpha_neg (N, groups): alpha- of two scales per group (weights packed by pack_two_scale_codes), or None.
-    The (column fold, T tile) pairs share no state (`_stream_tile`): they run on all threads, each counting
-    into its own row; the sums are the serial order's (integers). Call it under numba.parallel_chunksize(1)
-    (tersim.engine.cycle_engine does): a thread then takes the next tile when it is done, so on a busy machine a
-    slowed thread does fewer tiles instead of holding up its fixed half.
-    """
-    S = stat_src.shape[0]
-    T = strm.shape[1]
-    n_tiles = (T + t_tile - 1) // t_tile
-    n_items = (S + cols - 1) // cols * n_tiles
-    per_item = np.zeros((n_items, N_COUNTERS), np.int64)
-    for item in prange(n_items):
-        _stream_tile(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi, wrap, kind,
-                     rate, out, psum_proto, alpha_neg, item // n_tiles * cols, item % n_tiles * t_tile,
-                     per_item[item])
-    stats = np.zeros(N_COUNTERS, np.int64)
-    for item in range(n_items):
-        stats += per_item[item]
+    for s0 in range(0, S, cols):
+        su = min(cols, S - s0)
+        for t0 in range(0, T, t_tile):
+            tn = min(t_tile, T - t0)
+            n_slots = tn + cols - 1
+            stats[OVERFLOW_EVENTS] += _init_acc(acc, bias, t0 if n_in_time else s0, su, tn, n_in_time, lo, hi, wrap)
+            carry_in[:] = 0
+            for k0 in range(0, K, rows):
+                ku = min(rows, K - k0)
+                end_rows = np.flatnonzero(ends_k[k0:k0 + ku])
+                _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
+                if alpha_neg is not None:
+                    _fold_scales(scale_neg, alpha_neg, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
+                _skew_ports(ports, strm, k0, ku, t0, tn, 0)
+                load = load_stationary(reg, stat_src, s0, su, k0, ku, width)
+                act[:] = 0
+                ps[:] = 0
+                stream, ev = stream_fold(reg, ports, tn, su, end_rows, scale, n_in_time, acc,
+                                         n_slots, carry_in, carry_out, act, nact, ps, nps, occ, arrivals, rate,
+                                         kind, lo, hi, wrap, scale_neg)
+                stall = _queue_drain(occ, rate) if kind != QUEUE_NONE else 0
+                carry_in, carry_out = carry_out, carry_in
+                stats[STEPPED] += load + stream
+                stats[LOAD] += load
+                stats[STREAM] += stream
+                stats[FIRST_TILE_OVERHEAD if t0 == 0 else RELOAD_OVERHEAD] += load + stream - tn
+                stats[GROUP_STALL] += stall
+                stats[OVERFLOW_EVENTS] += ev
+                stats[GROUP_SUMS] += end_rows.size * su * tn * n_scale  # every end row scales one sum per real lane and time
+            for c in range(su):
+                for t in range(tn):
+                    out[t0 + t, s0 + c] = acc[t + c, c]
     return stats
 
 
