@@ -104,3 +104,81 @@ def test_without_vnni_auto_takes_the_numba_kernels(monkeypatch, shape):
     ref, ev_ref = conv_ref(x, codes, alpha, bias, **ARGS)
     np.testing.assert_array_equal(y, np.asarray(ref))
     assert ev == int(ev_ref)
+
+
+def _frozen(*arrays):
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
+def test_read_only_weights_are_hashed_once(monkeypatch):
+    """Read-only weights (quantize_graph freezes every layer's) are keyed by identity: a repeated call hashes
+    nothing, and the result still equals the reference."""
+    x, codes, alpha, bias = _layer(4)
+    codes, alpha, bias = _frozen(codes, alpha, bias)
+    hashed = []
+    monkeypatch.setattr(conv, "_fingerprint_key", lambda a, f=conv._fingerprint_key: hashed.append(a.shape) or f(a))
+    y1, _ = conv.conv2d_int(x, codes, alpha, bias, **ARGS)
+    first = len(hashed)
+    y2, _ = conv.conv2d_int(x, codes, alpha, bias, **ARGS)
+    assert first == 2 and len(hashed) == first                          # codes and alpha once, then never
+    ref, _ = conv_ref(x, codes, alpha, bias, **ARGS)
+    np.testing.assert_array_equal(y1, np.asarray(ref))
+    np.testing.assert_array_equal(y2, np.asarray(ref))
+
+
+def test_read_only_view_of_writeable_weights_follows_edits():
+    """A read-only view does not freeze its base: edits through the base are seen (hashed every call)."""
+    x, codes, alpha, bias = _layer(5)
+    view = codes.view()
+    view.flags.writeable = False
+    assert conv._frozen_root(view) is None
+    conv.conv2d_int(x, view, alpha, bias, **ARGS)
+    codes[:8] = -codes[:8]
+    y, _ = conv.conv2d_int(x, view, alpha, bias, **ARGS)
+    ref, _ = conv_ref(x, codes, alpha, bias, **ARGS)
+    np.testing.assert_array_equal(y, np.asarray(ref))
+
+
+def test_new_frozen_weights_in_a_reused_slot_are_not_mistaken():
+    """Frozen arrays created and dropped in turn (CPython often reuses their ids) each get their own plan."""
+    x = _layer(6)[0]
+    for seed in range(6):
+        _, codes, alpha, bias = _layer(10 + seed)
+        codes, alpha = _frozen(codes, alpha)
+        y, ev = conv.conv2d_int(x, codes, alpha, bias, **ARGS)
+        ref, ev_ref = conv_ref(x, codes, alpha, bias, **ARGS)
+        np.testing.assert_array_equal(y, np.asarray(ref))
+        assert ev == int(ev_ref)
+        del codes, alpha
+
+
+def test_quantize_graph_freezes_layer_weights():
+    """quantize_graph hands out read-only weights (and read-only bases): an in-place edit raises instead of
+    running on a stale packed copy; replacing the array is the way to change a layer."""
+    import torch
+
+    from tersim.config import Accelerator
+    from tersim.engine.execute import execute, torch_reference_backend
+    from tersim.frontend import lower_module
+    from tersim.quantize.graph import quantize_graph
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    x = torch.randn(2, 3, 6, 6)
+    qgraph = quantize_graph(lower_module(model, x, "tiny"), [x.numpy()], Accelerator())
+    weighted = [layer for layer in qgraph.layers.values() if layer.codes is not None]
+    assert len(weighted) == 2
+    for layer in weighted:
+        for a in (layer.codes, layer.alpha_q, layer.bias_q):
+            assert conv._frozen_root(a) is not None
+        with pytest.raises(ValueError, match="read-only"):
+            layer.codes[0] = 0
+    before = execute(qgraph, x.numpy()).output(qgraph)
+    layer = weighted[1]
+    layer.codes = -layer.codes                                           # a new array: a new plan
+    after = execute(qgraph, x.numpy()).output(qgraph)
+    ref = execute(qgraph, x.numpy(), backend=torch_reference_backend()).output(qgraph)
+    np.testing.assert_array_equal(after, ref)
+    assert not np.array_equal(before, after)

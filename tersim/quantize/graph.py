@@ -277,6 +277,7 @@ def quantize_graph(
             for key, value in q.items():
                 if key not in ("bias", "alpha"):  # float64 alphas: the datapath and reports use alpha_q
                     setattr(layer, key, value)
+            freeze_weights(layer)
         layers[node.name] = layer
     return QuantizedGraph(
         graph=graph, layers=layers, group_size=group_size, act_bits=act_bits, scale_bits=scale_bits,
@@ -286,6 +287,17 @@ def quantize_graph(
         calibration_split=calibration_split if hw.quantization.correction == "bn_reestimate" else None,
         act_range_source=act_range_source,
     )
+
+
+def freeze_weights(layer: QuantizedLayer) -> None:
+    """Make the layer's integer weights read-only: the conv kernels then key their packed weights by the
+    arrays' identity instead of re-hashing them on every call (tersim.kernels.conv._content_key), and an
+    in-place edit raises instead of running on a stale pack. Edit a copy (`layer.codes = new`) instead."""
+    for name in ("codes", "alpha_q", "bias_q"):
+        value = getattr(layer, name)
+        while isinstance(value, np.ndarray):  # and the arrays it views: writes through them would change it too
+            value.flags.writeable = False
+            value = value.base
 
 
 def corrected_graph(graph: Graph, weights: dict[str, dict]) -> Graph:
