@@ -182,3 +182,39 @@ def test_quantize_graph_freezes_layer_weights():
     ref = execute(qgraph, x.numpy(), backend=torch_reference_backend()).output(qgraph)
     np.testing.assert_array_equal(after, ref)
     assert not np.array_equal(before, after)
+
+
+def test_repeated_calls_on_read_only_weights_skip_the_checks(monkeypatch):
+    """A call with the same read-only weights, arguments, x shape and max|x| reuses the checked plan."""
+    x, codes, alpha, bias = _layer(7)
+    codes, alpha, bias = _frozen(codes, alpha, bias)
+    checks = []
+    monkeypatch.setattr(conv, "check_conv", lambda *a, f=conv.check_conv, **k: checks.append(1) or f(*a, **k))
+    ys = [conv.conv2d_int(x, codes, alpha, bias, **ARGS)[0] for _ in range(3)]
+    assert len(checks) == 1
+    conv.conv2d_int(x[:1], codes, alpha, bias, **ARGS)                  # another shape: checked again
+    assert len(checks) == 2
+    ref, _ = conv_ref(x, codes, alpha, bias, **ARGS)
+    for y in ys:
+        np.testing.assert_array_equal(y, np.asarray(ref))
+
+
+@pytest.mark.parametrize("vnni", [True, False] if simd.HAVE_VNNI else [False])
+@pytest.mark.parametrize("strategy", ["auto", "dot", "grid"])
+def test_cached_calls_follow_x_max_strategy_and_arguments(monkeypatch, vnni, strategy):
+    """The reused plan is keyed by everything it depends on: max|x| (which channels may overflow a 24-bit
+    accumulator, int16 operands or not), the kernel strategy, VNNI, and the output range; interleaved calls
+    with read-only weights match the reference every time, events included."""
+    monkeypatch.setattr(simd, "HAVE_VNNI", vnni)
+    monkeypatch.setattr(conv, "STRATEGY", strategy)
+    x, codes, alpha, bias = _layer(8)
+    alpha[::3] = alpha[::3] * 16                                        # some channels overflow for large x
+    codes, alpha, bias = _frozen(codes, alpha, bias)
+    xs = [x, x * 300, x // 4, -x * 300 // 7, x]
+    xs[2][0, 0, 0, 0] = -128
+    for args in (dict(ARGS, acc_bits=24), dict(ARGS, acc_bits=24, out_lo=-7, out_hi=9, saturate=False), ARGS):
+        for xi in xs + xs[::-1]:
+            y, ev = conv.conv2d_int(xi, codes, alpha, bias, **args)
+            ref, ev_ref = conv_ref(xi, codes, alpha, bias, **args)
+            np.testing.assert_array_equal(y, np.asarray(ref))
+            assert ev == int(ev_ref)

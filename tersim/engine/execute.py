@@ -86,7 +86,10 @@ def execute(qgraph: QuantizedGraph, x: np.ndarray, backend: ModuleType | None = 
     graph = qgraph.graph
     values: dict[str, np.ndarray] = {graph.input.name: quantize_input(qgraph, x)}
     overflow: dict[str, int] = {}
-    remaining_uses = {n.name: len(graph.consumers(n.name)) for n in graph.nodes}
+    remaining_uses = dict.fromkeys((n.name for n in graph.nodes), 0)  # consumers per node, one pass over the graph
+    for n in graph.nodes:
+        for i in set(n.inputs):
+            remaining_uses[i] += 1
     for node in graph.nodes[1:]:
         layer = qgraph.layers[node.name]
         ins = [values[i] for i in node.inputs]

@@ -126,10 +126,11 @@ def alpha_shape(cout: int, cin_g: int, kh: int, kw: int, group_size: int, group_
 
 def check_conv(x, codes, alpha_q, bias_q, *, group_size, stride, padding, dilation, groups, acc_bits,
                out_lo, out_hi, group_layout: str = "channel", scales: str | int = 1,
-               weight_max: tuple[int, int] | None = None) -> tuple[ConvSpec, np.ndarray, np.ndarray, np.ndarray,
-                                                                  np.ndarray]:
+               weight_max: tuple[int, int] | None = None, x_max: int | None = None
+               ) -> tuple[ConvSpec, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validate a conv2d_int call; returns the spec and the arrays as (x, codes, alpha_q, bias_q).
-    weight_max: (max|codes|, max|alpha_q|) when the caller already knows them for this content."""
+    weight_max: (max|codes|, max|alpha_q|) when the caller already knows them for this content; x_max:
+    max|x| likewise."""
     check_layout(group_layout)
     n_scales = scale_count(scales)
     x = int_array(x, "x", 4)
@@ -143,7 +144,7 @@ def check_conv(x, codes, alpha_q, bias_q, *, group_size, stride, padding, dilati
         raise ValueError(f"codes {codes.shape} do not fit input {x.shape} with groups={groups}")
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
-    mx = max_abs(x)
+    mx = max_abs(x) if x_max is None else x_max
     mc, ma = weight_max if weight_max is not None else (max_abs(codes), max_abs(alpha_q))  # weights are large
     if mc > 127:
         raise ValueError("codes must lie in [-127, 127]")

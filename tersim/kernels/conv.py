@@ -523,24 +523,66 @@ def _run_dot(x, bias_q, spec: ConvSpec, w16, chans, shift, y) -> None:
                       spec.cout_g, spec.kw, *spec.stride, *spec.dilation, int(shift), spec.out_lo, spec.out_hi, y)
 
 
-def conv2d_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np.ndarray, *, group_size: int,
-               stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], groups: int,
-               acc_bits: int, saturate: bool, shift: int, out_lo: int, out_hi: int, group_layout: str = "channel",
-               scales: str | int = 1) -> tuple[np.ndarray, int]:
-    """Integer conv2d: x (B, Cin, H, W), codes int8 (Cout, Cin/groups, kh, kw), alpha_q (Cout, kh, kw, G),
-    bias_q (Cout,) -> (y int32 (B, Cout, OH, OW), overflow events). The design-space variants (kernel group
-    layout, two scales: alpha_q shapes in tersim.quantize.fgq) run on tersim.kernels.grouped."""
+class _ConvCall:
+    """What conv2d_int derives from its weights, arguments and x's shape and max: the checked spec, the plan's
+    key, the fast/chosen channel masks, the kernel and the VNNI channel arguments. Kept per call signature
+    when the weights are read-only (_call_cache), so a forward pass re-checks and re-plans nothing."""
+
+    __slots__ = ("spec", "plan_key", "fast", "chosen", "kernel", "vnni_channels", "roots")
+
+    def __init__(self, spec, plan_key, fast, chosen, kernel, roots):
+        self.spec, self.plan_key, self.fast, self.chosen, self.kernel = spec, plan_key, fast, chosen, kernel
+        self.vnni_channels = None
+        self.roots = roots  # weakrefs of the weights' frozen roots: a hit must see the very same arrays
+
+
+_call_cache: OrderedDict[tuple, _ConvCall] = OrderedDict()
+
+
+def _call_key(x, codes, alpha_q, bias_q, args: tuple) -> tuple[tuple | None, tuple, int | None]:
+    """(cache key, frozen roots of the weights, max|x|) of a conv2d_int call, or (None, (), None) when a
+    weight array is writeable (its content may change: the call is checked and planned afresh) or x is not
+    an integer 4-D array (check_conv raises the error)."""
+    roots = tuple(_frozen_root(a) if isinstance(a, np.ndarray) else None for a in (codes, alpha_q, bias_q))
+    if any(r is None for r in roots) or not (isinstance(x, np.ndarray) and x.ndim == 4 and x.dtype.kind in "iu"):
+        return None, (), None
+    xmax = max_abs(x)
+    weights = tuple((id(r), a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str)
+                    for r, a in zip(roots, (codes, alpha_q, bias_q)))
+    key = (weights, x.shape, x.dtype.str, xmax, args, STRATEGY, simd.HAVE_VNNI)
+    try:
+        hash(key)
+    except TypeError:  # e.g. a list for stride: fine for check_conv, just not cached
+        return None, (), None
+    return key, roots, xmax
+
+
+def _cached_call(key: tuple | None, roots: tuple) -> tuple[_ConvCall | None, dict | None]:
+    if key is None:
+        return None, None
+    call = _call_cache.get(key)
+    if call is None or any(ref() is not r for ref, r in zip(call.roots, roots)):
+        return None, None
+    plan = _plan_cache.get(call.plan_key)
+    if plan is None:  # the plan was evicted: plan again
+        return None, None
+    _call_cache.move_to_end(key)
+    _plan_cache.move_to_end(call.plan_key)
+    return call, plan
+
+
+def _plan_call(x, codes, alpha_q, bias_q, group_size, stride, padding, dilation, groups, acc_bits, out_lo, out_hi,
+               group_layout, scales, xmax) -> tuple[_ConvCall, dict | None, tuple]:
+    """Check the call and choose its channels and kernel; returns the call, its plan and the checked arrays."""
     wkey, known = _weight_keys(codes, alpha_q)
     spec, x, codes, alpha_q, bias_q = check_conv(x, codes, alpha_q, bias_q, group_size=group_size, stride=stride,
                                                  padding=padding, dilation=dilation, groups=groups,
                                                  acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi,
-                                                 group_layout=group_layout, scales=scales, weight_max=known)
+                                                 group_layout=group_layout, scales=scales, weight_max=known,
+                                                 x_max=xmax)
     _remember_weight_max(wkey, codes, alpha_q)
-    if not spec.is_default_variant:
-        return conv2d_grouped(x, codes, alpha_q, bias_q, spec, saturate, shift)
-    y = np.empty((spec.B, spec.Cout, spec.OH, spec.OW), np.int32)
-    if y.size == 0:
-        return y, 0
+    if not spec.is_default_variant or spec.B * spec.Cout == 0:
+        return _ConvCall(spec, None, None, None, None, ()), None, (x, codes, alpha_q, bias_q)
     xmax = spec.xmax
     plan = _weight_plan(codes, alpha_q, spec.group_size, wkey)
     fast = _fast_channels(plan, bias_q, spec, xmax)
@@ -554,16 +596,45 @@ def conv2d_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np
         kernel = STRATEGY
     # simd and dot take the fast channels with int16 operands; the grid takes the rest (fast or exact)
     chosen = fast & (plan["wmax"] < 2**15) & (xmax < 2**15) & (kernel != "grid")
+    return _ConvCall(spec, plan["key"], fast, chosen, kernel, ()), plan, (x, codes, alpha_q, bias_q)
+
+
+def conv2d_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np.ndarray, *, group_size: int,
+               stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], groups: int,
+               acc_bits: int, saturate: bool, shift: int, out_lo: int, out_hi: int, group_layout: str = "channel",
+               scales: str | int = 1) -> tuple[np.ndarray, int]:
+    """Integer conv2d: x (B, Cin, H, W), codes int8 (Cout, Cin/groups, kh, kw), alpha_q (Cout, kh, kw, G),
+    bias_q (Cout,) -> (y int32 (B, Cout, OH, OW), overflow events). The design-space variants (kernel group
+    layout, two scales: alpha_q shapes in tersim.quantize.fgq) run on tersim.kernels.grouped."""
+    args = (group_size, stride, padding, dilation, groups, acc_bits, out_lo, out_hi, group_layout, scales)
+    key, roots, xmax = _call_key(x, codes, alpha_q, bias_q, args)
+    call, plan = _cached_call(key, roots)
+    if call is None:
+        call, plan, (x, codes, alpha_q, bias_q) = _plan_call(x, codes, alpha_q, bias_q, *args, xmax)
+        if key is not None and plan is not None:
+            call.roots = tuple(weakref.ref(r) for r in roots)
+            _call_cache[key] = call
+            while len(_call_cache) > 4 * PLAN_CACHE_SIZE:
+                _call_cache.popitem(last=False)
+    spec = call.spec
+    if not spec.is_default_variant:
+        return conv2d_grouped(x, codes, alpha_q, bias_q, spec, saturate, shift)
+    y = np.empty((spec.B, spec.Cout, spec.OH, spec.OW), np.int32)
+    if y.size == 0:
+        return y, 0
+    kernel, fast, chosen = call.kernel, call.fast, call.chosen
     if kernel == "simd" and chosen.any():
         wp, cin_pad = _simd_weights(plan)
+        if call.vnni_channels is None:
+            call.vnni_channels = simd.channel_args(wp, bias_q, chosen)
         simd.conv2d_vnni(x, wp, cin_pad, bias_q, chosen, spec.kh, spec.kw, spec.stride, spec.padding, spec.dilation,
-                         int(shift), spec.out_lo, spec.out_hi, y)
+                         int(shift), spec.out_lo, spec.out_hi, y, call.vnni_channels)
     elif kernel == "dot" and chosen.any():
         _run_dot(x, bias_q, spec, _int16_weights(plan), np.flatnonzero(chosen), shift, y)
     events = 0
     if not chosen.all():
-        events = _run_grid(x, codes, alpha_q, bias_q, spec, fast, _folded_weights(plan), np.flatnonzero(~chosen), xmax,
-                           saturate, shift, y)
+        events = _run_grid(x, codes, alpha_q, bias_q, spec, fast, _folded_weights(plan), np.flatnonzero(~chosen),
+                           spec.xmax, saturate, shift, y)
     return y, int(events)
 
 

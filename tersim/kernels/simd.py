@@ -414,19 +414,27 @@ def _tile_geometry(B, Cout, OH, OW, Hp, Wp, c2, kh, kw, stride, dilation) -> tup
     return geometry
 
 
-def conv2d_vnni(x, wp, cin_pad, bias_q, use, kh, kw, stride, padding, dilation, shift, out_lo, out_hi, y):
-    """Channels with use[o] of a groups == 1 conv with alpha-folded int16 weights packed by pack_weights into
-    y (B, Cout, OH, OW)."""
-    x = np.ascontiguousarray(x, np.int32)  # channels_last_pairs reads int32 rows (values fit int16 here)
-    Cout, OH, OW = y.shape[1:]
-    xq = channels_last_pairs(x, *padding, cin_pad // 2)
-    B, Hp, Wp, c2 = xq.shape
-    bases, outs, runs, run_len = _tile_geometry(B, Cout, OH, OW, Hp, Wp, c2, kh, kw, tuple(stride), tuple(dilation))
-    nblk = wp.shape[0]
+def channel_args(wp: np.ndarray, bias_q: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """conv2d_vnni_kernel's per-channel arguments: the int32 bias of every used channel (0 elsewhere, padded to
+    whole blocks) and each block's rowmask. They depend on the layer only, so callers may keep them."""
+    Cout, nblk = use.size, wp.shape[0]
     bias32 = np.zeros(nblk * LANES, np.int32)
     bias32[:Cout] = np.where(use, bias_q, 0)  # |bias| of a fast channel fits int32
     lanes = np.zeros(nblk * LANES, np.int64)
     lanes[:Cout] = use
     rowmask = (lanes.reshape(-1, LANES) << np.arange(LANES, dtype=np.int64)).sum(axis=1)
+    return bias32, rowmask
+
+
+def conv2d_vnni(x, wp, cin_pad, bias_q, use, kh, kw, stride, padding, dilation, shift, out_lo, out_hi, y,
+                channels: tuple[np.ndarray, np.ndarray] | None = None):
+    """Channels with use[o] of a groups == 1 conv with alpha-folded int16 weights packed by pack_weights into
+    y (B, Cout, OH, OW). channels: channel_args(wp, bias_q, use) if the caller kept them."""
+    x = np.ascontiguousarray(x, np.int32)  # channels_last_pairs reads int32 rows (values fit int16 here)
+    Cout, OH, OW = y.shape[1:]
+    xq = channels_last_pairs(x, *padding, cin_pad // 2)
+    B, Hp, Wp, c2 = xq.shape
+    bases, outs, runs, run_len = _tile_geometry(B, Cout, OH, OW, Hp, Wp, c2, kh, kw, tuple(stride), tuple(dilation))
+    bias32, rowmask = channels if channels is not None else channel_args(wp, bias_q, use)
     conv2d_vnni_kernel(xq.reshape(-1), wp, bias32, use, rowmask, bases, outs, runs, run_len, OH * OW, int(shift),
                        out_lo, out_hi, y.reshape(-1))
