@@ -41,7 +41,17 @@ def quantize_input(qgraph: QuantizedGraph, x: np.ndarray) -> np.ndarray:
     return quantize_act(np.asarray(x, dtype=np.float64), f.frac, f.bits, f.signed).astype(np.int32)
 
 
-def _run_weighted(k: ModuleType, layer: QuantizedLayer, x: np.ndarray, qgraph: QuantizedGraph) -> tuple[np.ndarray, int]:
+def _value_bound(layer: QuantizedLayer, in_bounds: list[int]) -> int:
+    """A bound on |value| of the node's integer output, known without looking at it: ops that pass values
+    through (a fused-away activation, max pool, flatten) keep their input's bound; every other op clamps its
+    output to the layer's range or its format's (the input node: quantize_input clamps to its format)."""
+    if layer.is_fused_away or layer.node.op in ("max_pool2d", "flatten"):
+        return in_bounds[0]
+    return max(abs(layer.out_lo), abs(layer.out_hi), abs(layer.out.lo), abs(layer.out.hi))
+
+
+def _run_weighted(k: ModuleType, layer: QuantizedLayer, x: np.ndarray, qgraph: QuantizedGraph,
+                  x_bound: int) -> tuple[np.ndarray, int]:
     common = dict(group_size=layer.group_size, acc_bits=qgraph.acc_bits, saturate=qgraph.saturate,
                   shift=layer.shift, out_lo=layer.out_lo, out_hi=layer.out_hi)
     if layer.group_layout != "channel" or layer.scales != 1:   # the paper's recipe keeps the plain call
@@ -51,7 +61,8 @@ def _run_weighted(k: ModuleType, layer: QuantizedLayer, x: np.ndarray, qgraph: Q
         return k.linear_int(x, layer.codes, layer.alpha_q, layer.bias_q, **common)
     a = node.attrs
     return k.conv2d_int(x, layer.codes, layer.alpha_q, layer.bias_q, stride=tuple(a["stride"]),
-                        padding=tuple(a["padding"]), dilation=tuple(a["dilation"]), groups=a["groups"], **common)
+                        padding=tuple(a["padding"]), dilation=tuple(a["dilation"]), groups=a["groups"],
+                        x_max=x_bound, **common)
 
 
 def _run_node(k: ModuleType, layer: QuantizedLayer, ins: list[np.ndarray], in_layers: list[QuantizedLayer]) -> np.ndarray:
@@ -85,6 +96,7 @@ def execute(qgraph: QuantizedGraph, x: np.ndarray, backend: ModuleType | None = 
     k = backend or numba_backend()
     graph = qgraph.graph
     values: dict[str, np.ndarray] = {graph.input.name: quantize_input(qgraph, x)}
+    bounds = {graph.input.name: _value_bound(qgraph.layers[graph.input.name], [])}  # spares each conv a scan of x
     overflow: dict[str, int] = {}
     remaining_uses = dict.fromkeys((n.name for n in graph.nodes), 0)  # consumers per node, one pass over the graph
     for n in graph.nodes:
@@ -96,11 +108,12 @@ def execute(qgraph: QuantizedGraph, x: np.ndarray, backend: ModuleType | None = 
         if layer.is_fused_away:
             y = ins[0]
         elif node.op in ("conv2d", "linear"):
-            y, overflow[node.name] = _run_weighted(k, layer, ins[0], qgraph)
+            y, overflow[node.name] = _run_weighted(k, layer, ins[0], qgraph, bounds[node.inputs[0]])
             overflow[node.name] = int(overflow[node.name])
         else:
             y = _run_node(k, layer, ins, [qgraph.layers[i] for i in node.inputs])
         values[node.name] = np.asarray(y, dtype=np.int32)
+        bounds[node.name] = _value_bound(layer, [bounds[i] for i in node.inputs])
         if not keep_all:  # free tensors nobody needs any more
             for i in set(node.inputs):  # add(x, x) uses x once
                 remaining_uses[i] -= 1

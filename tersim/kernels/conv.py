@@ -539,21 +539,21 @@ class _ConvCall:
 _call_cache: OrderedDict[tuple, _ConvCall] = OrderedDict()
 
 
-def _call_key(x, codes, alpha_q, bias_q, args: tuple) -> tuple[tuple | None, tuple, int | None]:
-    """(cache key, frozen roots of the weights, max|x|) of a conv2d_int call, or (None, (), None) when a
-    weight array is writeable (its content may change: the call is checked and planned afresh) or x is not
-    an integer 4-D array (check_conv raises the error)."""
+def _call_key(x, codes, alpha_q, bias_q, args: tuple, x_max: int | None) -> tuple[tuple | None, tuple, int | None]:
+    """(cache key, frozen roots of the weights, max|x| or the caller's bound) of a conv2d_int call, or
+    (None, (), x_max) when a weight array is writeable (its content may change: the call is checked and
+    planned afresh) or x is not an integer 4-D array (check_conv raises the error)."""
     roots = tuple(_frozen_root(a) if isinstance(a, np.ndarray) else None for a in (codes, alpha_q, bias_q))
     if any(r is None for r in roots) or not (isinstance(x, np.ndarray) and x.ndim == 4 and x.dtype.kind in "iu"):
-        return None, (), None
-    xmax = max_abs(x)
+        return None, (), x_max
+    xmax = max_abs(x) if x_max is None else int(x_max)
     weights = tuple((id(r), a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str)
                     for r, a in zip(roots, (codes, alpha_q, bias_q)))
     key = (weights, x.shape, x.dtype.str, xmax, args, STRATEGY, simd.HAVE_VNNI)
     try:
         hash(key)
     except TypeError:  # e.g. a list for stride: fine for check_conv, just not cached
-        return None, (), None
+        return None, (), xmax
     return key, roots, xmax
 
 
@@ -602,12 +602,16 @@ def _plan_call(x, codes, alpha_q, bias_q, group_size, stride, padding, dilation,
 def conv2d_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np.ndarray, *, group_size: int,
                stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], groups: int,
                acc_bits: int, saturate: bool, shift: int, out_lo: int, out_hi: int, group_layout: str = "channel",
-               scales: str | int = 1) -> tuple[np.ndarray, int]:
+               scales: str | int = 1, x_max: int | None = None) -> tuple[np.ndarray, int]:
     """Integer conv2d: x (B, Cin, H, W), codes int8 (Cout, Cin/groups, kh, kw), alpha_q (Cout, kh, kw, G),
     bias_q (Cout,) -> (y int32 (B, Cout, OH, OW), overflow events). The design-space variants (kernel group
-    layout, two scales: alpha_q shapes in tersim.quantize.fgq) run on tersim.kernels.grouped."""
+    layout, two scales: alpha_q shapes in tersim.quantize.fgq) run on tersim.kernels.grouped.
+
+    x_max: a bound on max|x| the caller guarantees (tersim.engine.execute knows it from the producer's clamp),
+    used in place of a scan of x. Any bound gives the same result: it only decides which channels provably
+    cannot overflow (and may run in int16), and both paths are exact; a loose bound only costs speed."""
     args = (group_size, stride, padding, dilation, groups, acc_bits, out_lo, out_hi, group_layout, scales)
-    key, roots, xmax = _call_key(x, codes, alpha_q, bias_q, args)
+    key, roots, xmax = _call_key(x, codes, alpha_q, bias_q, args, x_max)
     call, plan = _cached_call(key, roots)
     if call is None:
         call, plan, (x, codes, alpha_q, bias_q) = _plan_call(x, codes, alpha_q, bias_q, *args, xmax)

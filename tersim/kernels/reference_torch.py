@@ -69,8 +69,9 @@ def _clamp_or_wrap(v: torch.Tensor, lo: int, hi: int, saturate: bool) -> tuple[t
 def conv2d_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np.ndarray, *, group_size: int,
                stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], groups: int,
                acc_bits: int, saturate: bool, shift: int, out_lo: int, out_hi: int, group_layout: str = "channel",
-               scales: str | int = 1) -> tuple[np.ndarray, int]:
-    """Reference for tersim.kernels.conv2d_int: (y int32 (B, Cout, OH, OW), overflow events)."""
+               scales: str | int = 1, x_max: int | None = None) -> tuple[np.ndarray, int]:
+    """Reference for tersim.kernels.conv2d_int: (y int32 (B, Cout, OH, OW), overflow events). x_max (a bound
+    on max|x| that only steers the Numba kernel's choice of path) is accepted and ignored."""
     spec, x, codes, alpha_q, bias_q = check_conv(x, codes, alpha_q, bias_q, group_size=group_size, stride=stride,
                                                  padding=padding, dilation=dilation, groups=groups,
                                                  acc_bits=acc_bits, out_lo=out_lo, out_hi=out_hi,
