@@ -222,3 +222,87 @@ def test_kernel_counters_are_named_and_consistent():
         assert c.reload_overhead == r.cycles.tile_reload
         assert c.overflow_events == r.overflow_events
         assert (c.reload_overhead > 0) == (dataflow != "output_stationary")
+
+
+gemm_cases = st.fixed_dictionaries({
+    "S": st.integers(1, 13), "K": st.integers(1, 17), "T": st.integers(1, 19), "rows": st.integers(1, 5),
+    "cols": st.integers(1, 5), "t_tile": st.integers(1, 8), "n_in_time": st.booleans(), "group": st.integers(1, 6),
+    "two_scales": st.booleans(), "kind": st.sampled_from([0, 1, 2]), "rate": st.integers(1, 3),
+    "acc_bits": st.sampled_from([8, 12, 32]), "wrap": st.booleans(), "wide_psum": st.booleans(),
+    "seed": st.integers(0, 2**16),
+})
+
+
+@settings(max_examples=150, deadline=None)
+@given(gemm_cases)
+def test_threaded_stream_gemm_equals_the_serial_one(case):
+    """run_stream_gemm deals its (column fold, T tile) pairs to one worker per thread (scratch reused across a worker's tiles): outputs and every counter equal the
+    serial fold-by-fold loop (tests/serial_systolic.py) over ragged folds and tiles, one or two scales, every
+    FIFO kind (stalls included), saturating or wrapping narrow accumulators (overflow events), int8 -128."""
+    from numba import get_num_threads, set_num_threads
+    from serial_systolic import serial_stream_gemm
+
+    from tersim.kernels.systolic import STEPPED, pack_two_scale_codes, run_stream_gemm
+
+    c = case
+    rng = np.random.default_rng(c["seed"])
+    S, K, T = c["S"], c["K"], c["T"]
+    psum = np.int64 if c["two_scales"] or c["wide_psum"] else np.int32
+    n_filters, n_pixels = (T, S) if c["n_in_time"] else (S, T)
+    x = rng.integers(-128, 128, (n_pixels, K))
+    x.flat[0] = -128
+    codes = rng.integers(-1, 2, (n_filters, K))
+    w = pack_two_scale_codes(codes) if c["two_scales"] else codes
+    # ws: the weights (N, K) are stationary, the activations stream; is: the activations (P, K) are stationary
+    stat, strm = (x, w.T) if c["n_in_time"] else (w, x.T)
+    stat, strm = np.ascontiguousarray(stat, psum), np.ascontiguousarray(strm, psum)
+    ends = np.zeros(K, np.bool_)
+    ends[c["group"] - 1::c["group"]] = True
+    ends[K - 1] = True
+    gidx = np.cumsum(np.r_[0, ends[:-1]]).astype(np.int64)
+    alpha = rng.integers(0, 256, (n_filters, int(ends.sum()))).astype(np.int64)
+    alpha_neg = rng.integers(0, 256, alpha.shape).astype(np.int64) if c["two_scales"] else None
+    bias = rng.integers(-3000, 3000, n_filters).astype(np.int64)
+    lo, hi = -(2 ** (c["acc_bits"] - 1)), 2 ** (c["acc_bits"] - 1) - 1
+    args = (stat, strm, ends, gidx, alpha, bias, c["n_in_time"], c["rows"], c["cols"], c["t_tile"], lo, hi, c["wrap"],
+            c["kind"], c["rate"])
+    ref = np.zeros((T, S), np.int64)
+    want = serial_stream_gemm(*args, ref, np.zeros(1, psum), alpha_neg)
+    assert want[STEPPED] > 0
+    threads = get_num_threads()
+    try:
+        for n in sorted({1, min(2, numba_config_threads())}):   # one worker, and two sharing the tiles
+            set_num_threads(n)
+            out = np.full((T, S), 7, np.int64)          # every slot written, none left from a previous tile
+            got = run_stream_gemm(*args, out, np.zeros(1, psum), alpha_neg)
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(out, ref)
+    finally:
+        set_num_threads(threads)
+
+
+def test_threaded_stream_gemm_equals_the_serial_one_on_floats():
+    """The FP32 baseline's stepping (float32 data, no clamping): the same sums in the same order, bit for bit."""
+    from serial_systolic import serial_stream_gemm
+
+    from tersim.kernels.systolic import run_stream_gemm
+
+    rng = np.random.default_rng(5)
+    S, K, T = 11, 23, 37
+    stat, strm = rng.standard_normal((S, K)).astype(np.float32), rng.standard_normal((K, T)).astype(np.float32)
+    ends = np.zeros(K, np.bool_)
+    ends[3::4] = True
+    ends[-1] = True
+    args = (stat, strm, ends, np.zeros(K, np.int64), np.ones((S, 1), np.float32), rng.standard_normal(S).astype(np.float32),
+            False, 4, 3, 5, -2.0**62, 2.0**62, False, 0, 1)
+    out, ref = np.zeros((T, S), np.float32), np.zeros((T, S), np.float32)
+    np.testing.assert_array_equal(run_stream_gemm(*args, out, np.zeros(1, np.float32)),
+                                  serial_stream_gemm(*args, ref, np.zeros(1, np.float32)))
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_allclose(out, (stat @ strm).T + args[5], rtol=1e-4, atol=1e-4)
+
+
+def numba_config_threads() -> int:
+    """The most threads Numba may use here (set_num_threads cannot go above it)."""
+    from numba import config
+    return config.NUMBA_NUM_THREADS

@@ -42,7 +42,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, types
+from numba import get_num_threads, njit, prange, types
 from numba.extending import overload
 
 # The counters a GEMM kernel returns (one int64 each, at these indices); `GemmCounters.of` names them.
@@ -303,6 +303,46 @@ def _skew_ports(ports, src, i0, n_i, j0, n_j, slot0):
 
 
 @njit(cache=True)
+def _stream_tile(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, lo, hi, wrap, kind, rate, out, alpha_neg,
+                 s0, su, t0, tn, reg, act, nact, ps, nps, ports, acc, carry_in, carry_out, scale, scale_neg, occ,
+                 arrivals, stats):
+    """One column fold x T tile of run_stream_gemm, every row fold, on the caller's scratch (registers, FIFOs,
+    accumulators: any contents, every array is reset or overwritten before it is read). A tile starts from the
+    bias, zero carries and empty FIFOs and leaves the FIFOs empty, so tiles are independent. Writes
+    out[t0:t0 + tn, s0:s0 + su] and adds its counters to stats."""
+    n_scale = _scale_count(alpha_neg)
+    K = stat_src.shape[1]
+    cols = acc.shape[1]
+    width = cols + 1
+    n_slots = tn + cols - 1
+    stats[OVERFLOW_EVENTS] += _init_acc(acc, bias, t0 if n_in_time else s0, su, tn, n_in_time, lo, hi, wrap)
+    carry_in[:] = 0
+    for k0 in range(0, K, rows):
+        ku = min(rows, K - k0)
+        end_rows = np.flatnonzero(ends_k[k0:k0 + ku])
+        _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
+        if alpha_neg is not None:
+            _fold_scales(scale_neg, alpha_neg, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
+        _skew_ports(ports, strm, k0, ku, t0, tn, 0)
+        load = load_stationary(reg, stat_src, s0, su, k0, ku, width)
+        act[:] = 0
+        ps[:] = 0
+        stream, ev = stream_fold(reg, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, carry_in, carry_out,
+                                 act, nact, ps, nps, occ, arrivals, rate, kind, lo, hi, wrap, scale_neg)
+        stall = _queue_drain(occ, rate) if kind != QUEUE_NONE else 0
+        carry_in, carry_out = carry_out, carry_in
+        stats[STEPPED] += load + stream
+        stats[LOAD] += load
+        stats[STREAM] += stream
+        stats[FIRST_TILE_OVERHEAD if t0 == 0 else RELOAD_OVERHEAD] += load + stream - tn
+        stats[GROUP_STALL] += stall
+        stats[OVERFLOW_EVENTS] += ev
+        stats[GROUP_SUMS] += end_rows.size * su * tn * n_scale  # every end row scales one sum per real lane and time
+    for c in range(su):
+        for t in range(tn):
+            out[t0 + t, s0 + c] = acc[t + c, c]
+
+
 def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi, wrap,
                     kind, rate, out, psum_proto, alpha_neg=None):
     """ws / is: one GEMM fold by fold (column fold -> T tile -> row fold), every cycle stepped.
@@ -312,60 +352,53 @@ def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, 
     by the filter: the column (ws) or the time index (is). out (T, S) receives the accumulators.
     Returns the counters (int64[N_COUNTERS], indexed by STEPPED, LOAD, ...: see GemmCounters).
     alpha_neg (N, groups): alpha- of two scales per group (weights packed by pack_two_scale_codes), or None.
+
+    The (column fold, T tile) pairs share no state (`_stream_tile`), so they are dealt round-robin to one worker
+    per Numba thread; a worker allocates its registers, FIFOs and accumulators once and reuses them for each of
+    its tiles (no allocation per tile), and counts into its own row; the rows are summed at the end (integers:
+    the serial loop's totals).
     """
-    n_scale = _scale_count(alpha_neg)
+    return _stream_gemm_on_workers(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi,
+                                   wrap, kind, rate, out, psum_proto, get_num_threads(), alpha_neg)
+
+
+@njit(cache=True, parallel=True)
+def _stream_gemm_on_workers(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi, wrap,
+                            kind, rate, out, psum_proto, threads, alpha_neg=None):
+    """run_stream_gemm on min(threads, tiles) workers (threads: Numba's current count, read outside the kernel so
+    the kernel stays cacheable)."""
     S, K = stat_src.shape
     T = strm.shape[1]
-    stats = np.zeros(N_COUNTERS, np.int64)
     width = cols + 1
     n = (rows + 1) * width
     tile = min(t_tile, T)
     slots = tile + cols - 1
-    reg = np.zeros(n, stat_src.dtype)
-    act = np.zeros(n, strm.dtype)
-    nact = np.zeros(n, strm.dtype)
-    ps = np.zeros(n, psum_proto.dtype)
-    nps = np.zeros(n, psum_proto.dtype)
-    ports = np.zeros((tile + rows + cols - 2, rows), strm.dtype)
-    acc = np.zeros((slots, cols), out.dtype)
-    carry_in = np.zeros((slots, cols), psum_proto.dtype)
-    carry_out = np.zeros((slots, cols), psum_proto.dtype)
-    scale = np.zeros((rows, slots + cols - 1 if n_in_time else cols), alpha.dtype)
-    scale_neg = _zeros_like_if(alpha_neg, scale)
-    occ = np.zeros(cols if kind == QUEUE_PER_COLUMN else 1, np.int64)
-    arrivals = np.zeros(cols, np.int64)
-    for s0 in range(0, S, cols):
-        su = min(cols, S - s0)
-        for t0 in range(0, T, t_tile):
-            tn = min(t_tile, T - t0)
-            n_slots = tn + cols - 1
-            stats[OVERFLOW_EVENTS] += _init_acc(acc, bias, t0 if n_in_time else s0, su, tn, n_in_time, lo, hi, wrap)
-            carry_in[:] = 0
-            for k0 in range(0, K, rows):
-                ku = min(rows, K - k0)
-                end_rows = np.flatnonzero(ends_k[k0:k0 + ku])
-                _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
-                if alpha_neg is not None:
-                    _fold_scales(scale_neg, alpha_neg, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
-                _skew_ports(ports, strm, k0, ku, t0, tn, 0)
-                load = load_stationary(reg, stat_src, s0, su, k0, ku, width)
-                act[:] = 0
-                ps[:] = 0
-                stream, ev = stream_fold(reg, ports, tn, su, end_rows, scale, n_in_time, acc,
-                                         n_slots, carry_in, carry_out, act, nact, ps, nps, occ, arrivals, rate,
-                                         kind, lo, hi, wrap, scale_neg)
-                stall = _queue_drain(occ, rate) if kind != QUEUE_NONE else 0
-                carry_in, carry_out = carry_out, carry_in
-                stats[STEPPED] += load + stream
-                stats[LOAD] += load
-                stats[STREAM] += stream
-                stats[FIRST_TILE_OVERHEAD if t0 == 0 else RELOAD_OVERHEAD] += load + stream - tn
-                stats[GROUP_STALL] += stall
-                stats[OVERFLOW_EVENTS] += ev
-                stats[GROUP_SUMS] += end_rows.size * su * tn * n_scale  # every end row scales one sum per real lane and time
-            for c in range(su):
-                for t in range(tn):
-                    out[t0 + t, s0 + c] = acc[t + c, c]
+    n_tiles = (T + t_tile - 1) // t_tile
+    n_items = (S + cols - 1) // cols * n_tiles
+    n_workers = min(threads, n_items)
+    per_worker = np.zeros((n_workers, N_COUNTERS), np.int64)
+    for w in prange(n_workers):
+        reg = np.zeros(n, stat_src.dtype)
+        act = np.zeros(n, strm.dtype)
+        nact = np.zeros(n, strm.dtype)
+        ps = np.zeros(n, psum_proto.dtype)
+        nps = np.zeros(n, psum_proto.dtype)
+        ports = np.zeros((tile + rows + cols - 2, rows), strm.dtype)
+        acc = np.zeros((slots, cols), out.dtype)
+        carry_in = np.zeros((slots, cols), psum_proto.dtype)
+        carry_out = np.zeros((slots, cols), psum_proto.dtype)
+        scale = np.zeros((rows, slots + cols - 1 if n_in_time else cols), alpha.dtype)
+        scale_neg = _zeros_like_if(alpha_neg, scale)
+        occ = np.zeros(cols if kind == QUEUE_PER_COLUMN else 1, np.int64)
+        arrivals = np.zeros(cols, np.int64)
+        for item in range(w, n_items, n_workers):
+            s0, t0 = item // n_tiles * cols, item % n_tiles * t_tile
+            _stream_tile(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, lo, hi, wrap, kind, rate, out,
+                         alpha_neg, s0, min(cols, S - s0), t0, min(t_tile, T - t0), reg, act, nact, ps, nps, ports,
+                         acc, carry_in, carry_out, scale, scale_neg, occ, arrivals, per_worker[w])
+    stats = np.zeros(N_COUNTERS, np.int64)
+    for w in range(n_workers):
+        stats += per_worker[w]
     return stats
 
 
