@@ -8,7 +8,8 @@ peak memory, sweep throughput. Every row is measured in this process (or a child
 * fgq row: `quantize_weights` (exact FGQ of every conv/linear weight of ResNet-50, with the fixed-point
   alphas and per-layer statistics), median of --repeats, for N = 4.
 * run rows: `python -m tersim run hw_configs/default.yaml resnet50` as a child process (wall time from
-  start to exit, peak RSS of that child alone via os.wait4's rusage), twice on a fresh temporary graph cache
+  start to exit, peak RSS of that child alone: its VmHWM at exit; os.wait4's ru_maxrss would also count
+  this process, whose memory the child's fork carried before exec), twice on a fresh temporary graph cache
   ($TERSIM_CACHE_DIR): cold (the child lowers ResNet-50 with torch.export and caches it), then warm (the
   lowered graph read from the cache, as every later run of the model). The target applies to the warm run.
 * sweep row: ResNet-50 timing-only sweep, 3 group sizes x 27 hardware points (array rows x cols x
@@ -68,21 +69,35 @@ def fgq_row(repeats: int) -> tuple:
             "<= 0.3 s", t <= 0.3)
 
 
+# Runs `python -m tersim ARGS` and, at exit, writes the process's VmHWM (peak resident set, KiB) to argv[1].
+_PEAK_RSS_WRAPPER = """
+import atexit, runpy, sys
+def _write_peak(path=sys.argv[1]):
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(path, "w") as out:
+        out.write(peak)
+atexit.register(_write_peak)
+sys.argv = ["tersim", *sys.argv[2:]]
+runpy.run_module("tersim", run_name="__main__", alter_sys=True)
+"""
+
+
 def _run_child(cache_dir: str) -> tuple[float, float]:
     """(wall s, peak RSS GB) of one `tersim run ... resnet50` child using the graph cache in cache_dir."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "tersim", "run", "hw_configs/default.yaml", "resnet50", "--out", out]
+        peak_file = os.path.join(out, "peak_kib")
+        cmd = [sys.executable, "-c", _PEAK_RSS_WRAPPER, peak_file, "run", "hw_configs/default.yaml", "resnet50",
+               "--out", os.path.join(out, "run")]
         env = {**os.environ, GRAPH_CACHE_ENV: cache_dir}
         start = time.perf_counter()
-        child = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(child.pid, 0)
+        child = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wall = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)
-        err = child.stderr.read().decode()
-        child.stderr.close()
-    if child.returncode != 0:
-        raise SystemExit(f"perf_suite: `{' '.join(cmd[1:])}` failed:\n{err}")
-    return wall, usage.ru_maxrss * 1024 / 1e9  # Linux: KiB
+        if child.returncode != 0:
+            raise SystemExit(f"perf_suite: `tersim {' '.join(cmd[4:])}` failed:\n{child.stderr.decode()}")
+        with open(peak_file) as f:
+            peak_kib = int(f.read())
+    return wall, peak_kib * 1024 / 1e9
 
 
 def run_rows() -> list[tuple]:
