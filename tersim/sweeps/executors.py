@@ -50,18 +50,19 @@ def _executed(graph: Graph, data: Evaluation, points: Sequence[Point]) -> list:
     from tersim.pipeline import evaluate, run, tabulate
 
     shared: dict[str, tuple] = {}
+    skip = _any_skip(points)
     results = []
     for p in points:
         options = p.options.replace(data=data.source, calib=data.calib)
         if options.timing != "analytic":
             results.append(run(p.hw, graph, options, reference=data.reference))
             continue
-        key = quantization_key(options.apply(p.hw))
+        hw = options.apply(p.hw)
+        key = quantization_key(hw)
         if key not in shared:
             e = evaluate(p.hw, graph, options, reference=data.reference)
-            shared[key] = (e, _per_layer(graph, e.qgraph, _any_skip(points)))
+            shared[key] = (e, _per_layer(graph, e.qgraph, skip))
         e, per_layer = shared[key]
-        hw = options.apply(p.hw)
         results.append(tabulate(graph, e.qgraph, hw, samples=e.source.length, labelled=e.source.labelled,
                                 overflow=e.overflow, metrics=e.metrics, **per_layer))
     return results
@@ -78,6 +79,7 @@ def _timing_only(graph: Graph, data: Evaluation, points: Sequence[Point]) -> lis
     calibration: list[np.ndarray] = []
     weights: dict[str, dict] = {}
     quantized: dict[str, tuple] = {}
+    skip = _any_skip(points)
     results = []
     for p in points:
         hw = p.options.apply(p.hw)
@@ -87,13 +89,14 @@ def _timing_only(graph: Graph, data: Evaluation, points: Sequence[Point]) -> lis
             weights[wkey] = quantize_weights(graph, hw, calib)
         if qkey not in quantized:
             qgraph = quantize_graph(graph, calibration, hw, weights=weights[wkey])
-            quantized[qkey] = (qgraph, _per_layer(graph, qgraph, _any_skip(points)))
+            quantized[qkey] = (qgraph, _per_layer(graph, qgraph, skip))
         qgraph, per_layer = quantized[qkey]
         results.append(tabulate(graph, qgraph, hw, samples=0, labelled=False, **per_layer))
     return results
 
 
 def _any_skip(points: Sequence[Point]) -> bool:
+    """Some point of the task has `zero_weights: skip` (once per task, not per quantization key)."""
     return any(p.options.apply(p.hw).pe.zero_weights == "skip" for p in points)
 
 

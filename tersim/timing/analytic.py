@@ -264,7 +264,8 @@ def baseline_layer_timing(shape: LayerShape, hw: Accelerator, cycles: ArrayCycle
     return _baseline_layer_timing(shape, hw, cycles, os_formula)
 
 
-BASELINE_MEMO_SIZE = 4096
+BASELINE_MEMO_SIZE = 4096   # layer timings per baseline table
+BASELINE_TABLES_SIZE = 64   # (baseline, energy, os_formula) tables
 _BASELINE_MEMO: dict[tuple, dict[LayerShape, LayerTiming]] = {}   # (baseline, energy, os_formula) -> by shape
 _LAST_BASELINE: tuple | None = None
 
@@ -277,7 +278,7 @@ def _baseline_memo(hw: Accelerator, os_formula: OsFormula) -> dict[LayerShape, L
     if last is not None and last[0] is hw.baseline and last[1] is hw.energy and last[2] == os_formula:
         return last[3]
     key = (hw.baseline, hw.energy, os_formula)
-    if key not in _BASELINE_MEMO and len(_BASELINE_MEMO) >= 64:
+    if key not in _BASELINE_MEMO and len(_BASELINE_MEMO) >= BASELINE_TABLES_SIZE:
         _BASELINE_MEMO.clear()
     memo = _BASELINE_MEMO.setdefault(key, {})
     _LAST_BASELINE = (hw.baseline, hw.energy, os_formula, memo)

@@ -158,15 +158,18 @@ def group_ends(shape: LayerShape, kept: np.ndarray | None = None) -> np.ndarray:
     if kept is None:
         return _dense_group_ends(shape.cin_per_group, shape.kernel_h, shape.kernel_w, shape.group_size,
                                  shape.group_layout)
-    seg = group_index(shape, kept)
+    return _segment_ends(group_index(shape, kept))
+
+
+def _segment_ends(seg: np.ndarray) -> np.ndarray:
+    """The last position of every run of equal group indices."""
     return np.flatnonzero(np.append(seg[1:] != seg[:-1], True))
 
 
 @functools.lru_cache(maxsize=1024)
 def _dense_group_ends(cin_g: int, kh: int, kw: int, group_size: int, group_layout: str) -> np.ndarray:
     """group_ends of all of K, once per layer geometry (timed per layer and per sweep point)."""
-    seg = _k_group_index(cin_g, kh, kw, group_size, group_layout)
-    ends = np.flatnonzero(np.append(seg[1:] != seg[:-1], True))
+    ends = _segment_ends(_k_group_index(cin_g, kh, kw, group_size, group_layout))
     ends.flags.writeable = False
     return ends
 
