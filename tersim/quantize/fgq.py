@@ -336,9 +336,9 @@ def quantize_int8_weights(weight: Array) -> tuple[Array, Array]:
 def int8_with_stats(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """``quantize_int8_weights`` and ``weight_stats_variant`` of its result (group size Cin) for a non-empty numpy
     weight: one pass writes the codes and the residual the stats need (the same bits as the two calls)."""
-    codes, alpha, residual = _quantize_int8_numpy(np.asarray(weight), residual=True)
-    w4 = np.asarray(weight, np.float64)
-    return codes, alpha, _stats_of_residual(w4[:, :, None, None] if w4.ndim == 2 else w4, codes, residual)
+    arr = np.asarray(weight)
+    codes, alpha, residual = _quantize_int8_numpy(arr, residual=True)
+    return codes, alpha, _stats_of_residual(_as_conv(arr), codes, residual)  # widened to float64 there, once
 
 
 def _quantize_int8_numpy(arr: np.ndarray, residual: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
