@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from tersim.config import load_accelerator  # noqa: E402
 from tersim.engine.cycle_engine import conv2d_engine, linear_engine  # noqa: E402
 from tersim.engine.execute import execute  # noqa: E402
+from tersim.files import write_text_atomic  # noqa: E402
 from tersim.pipeline import layer_shape, prepare  # noqa: E402
 from tersim.timing.analytic import layer_timing  # noqa: E402
 
@@ -155,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  ratio analytic / engine   {rate / engine_rate:8.0f}x"]
     text = "\n".join(out)
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    write_text_atomic(args.out, text + "\n")
     print(f"\nwrote {args.out}")
     return 0
 

@@ -30,9 +30,11 @@ sys.path.insert(0, str(ROOT))
 
 from tersim.config import load_accelerator  # noqa: E402
 from tersim.data import load_dataset  # noqa: E402
+from tersim.files import write_text_atomic  # noqa: E402
 from tersim.finetune import METHODS, FinetuneConfig, finetune, save_model  # noqa: E402
 from tersim.frontend import import_model  # noqa: E402
 from tersim.pipeline import run  # noqa: E402
+from tersim.report.tables import write_atomic  # noqa: E402
 from tersim.verify import verify  # noqa: E402
 
 MODEL = ROOT / "examples/digits_resnet.pt2"
@@ -87,15 +89,14 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"E={epochs} {method:11s} seed {seed}: engine acc {r['acc_engine']:.3f}  "
                           f"train {r['train_s']:.1f}s  bit-exact {exact}", flush=True)
     frame = pd.DataFrame(rows)
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.csv, index=False)
+    write_atomic(frame, args.csv)
     table = markdown_table(frame, base, args.act_bits, args.seeds)
     print("\n" + table)
     if args.report.is_file():
         text = args.report.read_text()
         if text.count(MARK) == 2:
             head, _, tail = text.split(MARK)
-            args.report.write_text(f"{head}{MARK}\n{table}\n{MARK}{tail}")
+            write_text_atomic(args.report, f"{head}{MARK}\n{table}\n{MARK}{tail}")
             print(f"\nupdated the table in {args.report}")
     print(f"wrote {args.csv}")
     return 0

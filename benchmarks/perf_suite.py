@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tersim.config import Accelerator, load_accelerator  # noqa: E402
+from tersim.files import write_text_atomic  # noqa: E402
 from tersim.frontend.graph_cache import ENV_VAR as GRAPH_CACHE_ENV  # noqa: E402
 from tersim.quantize.graph import quantize_weights  # noqa: E402
 
@@ -176,7 +177,7 @@ def main() -> None:
     print()
     print(text, end="")
     if args.out != "-":
-        Path(args.out).write_text(text)
+        write_text_atomic(args.out, text)
 
 
 if __name__ == "__main__":

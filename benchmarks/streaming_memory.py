@@ -86,8 +86,10 @@ def main() -> None:
     lines.append(f"  load average {os.getloadavg()[0]:.1f} at end")
     text = "\n".join(lines)
     print(text)
-    (ROOT / "reports").mkdir(exist_ok=True)
-    (ROOT / "reports/streaming_memory.txt").write_text(text + "\n")
+    sys.path.insert(0, str(ROOT))
+    from tersim.files import write_text_atomic  # the project's atomic writer (creates reports/)
+
+    write_text_atomic(ROOT / "reports/streaming_memory.txt", text + "\n")
 
 
 if __name__ == "__main__":

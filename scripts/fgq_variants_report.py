@@ -156,8 +156,8 @@ def pareto_plot(points: pd.DataFrame, path: Path) -> None:
         axes[row][0].set_ylabel("integer-engine accuracy (%)")
     axes[0][-1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as tmp:  # creates path's folder
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
