@@ -77,3 +77,56 @@ def test_off(monkeypatch, tmp_path):
     assert graph_cache.cache_dir() is None
     graph_cache.lower_zoo_module(tiny_net(), torch.randn(2, 3, 16, 16), "tiny")
     assert not list(tmp_path.iterdir())
+
+
+def test_seeded_zoo_model_found_by_recipe_without_building(cache):
+    x = torch.randn(2, 3, 16, 16)
+    calls = []
+
+    def build():
+        calls.append("build")
+        return tiny_net()
+
+    def example():
+        calls.append("example")
+        return x
+
+    first = graph_cache.lower_zoo_recipe("tiny", 0, (3, 16, 16), build, example)
+    assert calls == ["build", "example"] and len(list(cache.glob("*.key"))) == 1
+    second = graph_cache.lower_zoo_recipe("tiny", 0, (3, 16, 16), build, example)
+    assert calls == ["build", "example"]                                              # neither built nor hashed
+    assert_same_graph(second, first)
+    assert_same_graph(second, lower_module(tiny_net(), x, "tiny"))
+    # another seed, shape or name is another recipe
+    keys = {graph_cache.recipe_key("tiny", 0, (3, 16, 16)), graph_cache.recipe_key("tiny", 1, (3, 16, 16)),
+            graph_cache.recipe_key("tiny", 0, (3, 32, 32)), graph_cache.recipe_key("other", 0, (3, 16, 16))}
+    assert len(keys) == 4
+
+
+@pytest.mark.parametrize("damage", ["entry", "alias"])
+def test_recipe_with_a_damaged_entry_or_alias_builds_again(cache, damage):
+    x = torch.randn(2, 3, 16, 16)
+    graph_cache.lower_zoo_recipe("tiny", 0, (3, 16, 16), tiny_net, lambda: x)
+    (entry,), (alias,) = cache.glob("*.npz"), cache.glob("*.key")
+    if damage == "entry":
+        entry.write_bytes(entry.read_bytes()[:100])
+    else:
+        alias.write_text("../../etc/passwd")
+    built = []
+    graph = graph_cache.lower_zoo_recipe("tiny", 0, (3, 16, 16), lambda: built.append(1) or tiny_net(), lambda: x)
+    assert built == [1]
+    assert_same_graph(graph, lower_module(tiny_net(), x, "tiny"))
+    assert alias.read_text() == entry.stem and graph_cache.load(entry.stem) is not None   # both rewritten
+
+
+def test_zoo_name_by_recipe_equals_the_built_module(cache):
+    from tersim.frontend import import_model
+    from tersim.models.zoo import build
+
+    first = import_model("resnet18")                     # built, lowered, stored with its recipe
+    assert len(list(cache.glob("*.key"))) == 1
+    again = import_model("resnet18")                     # by recipe
+    assert_same_graph(again, first)
+    module = build("resnet18")
+    assert_same_graph(again, graph_cache.lower_zoo_module(module, torch.randn(2, 3, 224, 224), "resnet18"))
+    assert len(list(cache.glob("*.npz"))) == 1           # the module's content key is the recipe's entry

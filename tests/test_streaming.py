@@ -40,3 +40,46 @@ def test_tensor_used_twice_by_one_node_and_again_later():
     kept = execute(qgraph, x, keep_all=True)
     streamed = execute(qgraph, x, keep_all=False)
     np.testing.assert_array_equal(streamed.output(qgraph), kept.output(qgraph))
+
+
+class InPlaceCases(torch.nn.Module):
+    """Every in-place case of execute_float: relu on the model input (the caller's array: never written), a
+    relu whose input another node still reads, add chains, clamp (ReLU6), a relu on a flatten view, and
+    a relu as the graph output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(4, 4, 1)
+        self.conv3 = torch.nn.Conv2d(4, 4, 1)
+        self.fc = torch.nn.Linear(4 * 6 * 6, 5)
+        self.fc2 = torch.nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        r = torch.relu(x)                      # input: not owned, never written
+        y = self.conv(r)
+        a = torch.relu(y)                      # y is read again below: not in place
+        b = self.conv2(y) + a                  # conv2 sees y's negative values; the add writes into conv2's output
+        d = torch.relu(torch.flatten(b, 1))    # a view of b, which conv3 still reads: not in place
+        c = torch.nn.functional.relu6(self.conv3(b))          # clamp, in place
+        f = torch.relu(torch.flatten(c, 1))    # a view of c, its last reader: in place
+        e = self.fc(d) + self.fc2(f)
+        return torch.relu(e + torch.relu(e))   # relu(e): e read again (by the add): not in place; output a relu
+
+
+def test_in_place_elementwise_ops_give_the_same_bits_and_leave_the_input_alone():
+    torch.manual_seed(1)
+    model = InPlaceCases().eval()
+    graph = lower_module(model, torch.randn(2, 3, 6, 6), "inplace")
+    x = np.random.default_rng(2).standard_normal((3, 3, 6, 6)).astype(np.float32)
+    before = x.copy()
+    kept = execute_float(graph, x, dtype=np.float32, return_all=True)  # every tensor kept: nothing in place
+    streamed = execute_float(graph, x, dtype=np.float32)
+    np.testing.assert_array_equal(x, before)
+    np.testing.assert_array_equal(streamed, kept[graph.output])
+    with torch.no_grad():
+        np.testing.assert_allclose(streamed, model(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
+    for dtype in (np.float32, np.float64):   # float64 makes a copy of the input, float32 uses it as is
+        np.testing.assert_array_equal(execute_float(graph, x, dtype=dtype),
+                                      execute_float(graph, x, dtype=dtype, return_all=True)[graph.output])
+    np.testing.assert_array_equal(x, before)

@@ -59,6 +59,18 @@ def _concat(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
     return torch.cat(xs, dim=node.attrs["dim"])
 
 
+def _relu_(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
+    return xs[0].relu_()
+
+
+def _clamp_(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
+    return xs[0].clamp_(node.attrs["min"], node.attrs["max"])
+
+
+def _add_(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
+    return xs[0].add_(xs[1])
+
+
 OPS: dict[str, Callable[[Node, list[torch.Tensor], dict], torch.Tensor]] = {
     "conv2d": _conv2d,
     "linear": _linear,
@@ -72,6 +84,35 @@ OPS: dict[str, Callable[[Node, list[torch.Tensor], dict], torch.Tensor]] = {
     "concat": _concat,
 }
 
+# Elementwise ops that may write into their first input when nothing else reads it: the same float
+# operation on the same operands (same bits), without a fresh activation-sized buffer (whose page faults
+# cost more than the op on large batches).
+IN_PLACE = {"relu": _relu_, "clamp": _clamp_, "add": _add_}
+# Ops whose output is a tensor this execution allocated (flatten: owned when its input is).
+_ALLOCATING = {"conv2d", "linear", "relu", "clamp", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "add",
+               "concat"}
+
+
+def _reusable_view(node: Node, remaining_uses: dict[str, int], owned: set[str], output: str) -> bool:
+    """A flatten (a view of its input) is as writable as its input when it is that input's last reader."""
+    first = node.inputs[0]
+    return first in owned and first != output and remaining_uses[first] == 1
+
+
+def _reusable_input(node: Node, values: dict[str, torch.Tensor], remaining_uses: dict[str, int],
+                    owned: set[str], output: str) -> bool:
+    """Can `node` write into its first input: an activation this execution allocated, of the output's shape
+    and dtype, that no later node (nor the caller) reads?"""
+    if node.op not in IN_PLACE or not node.inputs:
+        return False
+    first = node.inputs[0]
+    if first not in owned or first == output or remaining_uses[first] != 1 or node.inputs.count(first) != 1:
+        return False
+    if node.op == "add":
+        a, b = values[first], values[node.inputs[1]]
+        return a.shape == b.shape and a.dtype == b.dtype
+    return True
+
 
 def execute_float(graph: Graph, x: np.ndarray, dtype=np.float64, return_all: bool = False,
                   each: Callable[[str, np.ndarray], None] | None = None) -> np.ndarray | dict[str, np.ndarray]:
@@ -79,8 +120,9 @@ def execute_float(graph: Graph, x: np.ndarray, dtype=np.float64, return_all: boo
 
     Returns the output array, or with `return_all` a dict node name -> output for every node
     (the 'input' node included), in graph order. `each(name, value)` sees every node's output as it is
-    computed; without `return_all` a tensor is freed as soon as its last consumer has run, so memory
-    holds a few activations, not the whole network's.
+    computed (valid during the call: copy it to keep it); without `return_all` a tensor is freed as soon as
+    its last consumer has run, and relu/clamp/add write into an input that nothing else reads, so memory holds
+    a few activations, not the whole network's, and few fresh buffers are faulted in.
     """
     tdtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
     x = np.asarray(x)
@@ -88,6 +130,7 @@ def execute_float(graph: Graph, x: np.ndarray, dtype=np.float64, return_all: boo
         raise ValueError(f"{graph.name}: input batch shape {x.shape} does not match (N, *{graph.input_shape})")
     values: dict[str, torch.Tensor] = {}
     remaining_uses = {n.name: len(graph.consumers(n.name)) for n in graph.nodes}
+    owned: set[str] = set()   # activations this call allocated (never the caller's input or a weight)
     with torch.no_grad():
         for node in graph.nodes:
             if node.op == "input":
@@ -98,7 +141,12 @@ def execute_float(graph: Graph, x: np.ndarray, dtype=np.float64, return_all: boo
                     params["weight"] = torch.from_numpy(node.weight).to(tdtype)
                 if node.bias is not None:
                     params["bias"] = torch.from_numpy(node.bias).to(tdtype)
-                values[node.name] = OPS[node.op](node, [values[i] for i in node.inputs], params)
+                in_place = not return_all and _reusable_input(node, values, remaining_uses, owned, graph.output)
+                op = IN_PLACE[node.op] if in_place else OPS[node.op]
+                values[node.name] = op(node, [values[i] for i in node.inputs], params)
+                if node.op in _ALLOCATING or (node.op == "flatten" and _reusable_view(node, remaining_uses, owned,
+                                                                                       graph.output)):
+                    owned.add(node.name)
             if each is not None:
                 each(node.name, values[node.name].numpy())
             if not return_all:

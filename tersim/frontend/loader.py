@@ -52,14 +52,17 @@ def import_model(path: str | Path, *, input_shape: tuple[int, ...] | None = None
         from tersim.models.zoo import ZOO, build
 
         if str(path) in ZOO:
-            from tersim.frontend.graph_cache import lower_zoo_module
+            from tersim.frontend.graph_cache import lower_zoo_module, lower_zoo_recipe
 
             shape = input_shape or ZOO[str(path)].input_shape
-            module = build(str(path))
-            if weights is not None:
-                from tersim.models.weights import load_weights
+            if weights is None:
+                graph = lower_zoo_recipe(str(path), 0, shape, lambda: build(str(path)),
+                                         lambda: torch.randn(EXAMPLE_BATCH, *shape))
+                return _checked(graph, path)
+            from tersim.models.weights import load_weights
 
-                load_weights(module, weights, str(path))
+            module = build(str(path))
+            load_weights(module, weights, str(path))
             return _checked(lower_zoo_module(module, torch.randn(EXAMPLE_BATCH, *shape), str(path)), path)
         raise ModelLoadError(f"{path}: model file not found (and not a zoo name: {', '.join(ZOO)})")
     if weights is not None:
