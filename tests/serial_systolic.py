@@ -1,13 +1,102 @@
-"""The ws/is stream GEMM as it was before its (column fold, T tile) pairs ran on threads: one serial loop
-over folds -> T tiles -> row folds on one set of registers, FIFOs and accumulators, calling the same per-fold
-stepping (tersim.kernels.systolic). tests/test_cycle_engine.py checks the threaded kernel against it."""
+"""The ws/is stream GEMM as it was before its (column fold, T tile) pairs ran on threads and before its stepping
+was restructured: one serial loop over folds -> T tiles -> row folds on one set of registers, FIFOs and
+accumulators, and its own copy of the plain per-fold stepping (a register file for the streamed operand copied
+one slot right and one for the partial sums copied one row down every cycle, a skewed port table, the stationary
+tile shifted in one row per cycle). tests/test_cycle_engine.py checks tersim.kernels.systolic against it."""
 import numpy as np
 from numba import njit
 
 from tersim.kernels.systolic import (FIRST_TILE_OVERHEAD, GROUP_STALL, GROUP_SUMS, LOAD, N_COUNTERS, OVERFLOW_EVENTS,
-                                     QUEUE_NONE, QUEUE_PER_COLUMN, RELOAD_OVERHEAD, STEPPED, STREAM, _fold_scales,
-                                     _init_acc, _queue_drain, _scale_count, _skew_ports, _zeros_like_if,
-                                     load_stationary, stream_fold)
+                                     QUEUE_NONE, QUEUE_PER_COLUMN, RELOAD_OVERHEAD, STEPPED, STREAM, U, _enqueue,
+                                     _fold_scales, _flat_or_none, _group_product, _init_acc, _keep, _may_stall,
+                                     _queue_drain, _scale_count, _zeros_like_if)
+
+
+@njit
+def load_stationary(reg, src, s0, su, k0, ku, width):
+    """Shift the tile src[s0 + c, k0 + r] into PE (r, c) from the top, one row per cycle; returns the cycles."""
+    n = reg.size
+    rows = n // width - 1
+    for step in range(rows):
+        for j in range(n - 1, 2 * width - 1, -1):
+            reg[j] = reg[j - width]
+        kr = rows - 1 - step                       # the row entering now ends at row kr
+        for c in range(width - 1):
+            reg[width + 1 + c] = src[s0 + c, k0 + kr] if (c < su and kr < ku) else 0
+    return rows
+
+
+@njit
+def _skew_ports(ports, src, i0, n_i, j0, n_j, slot0):
+    """ports[j + i, slot0 + i] = src[i0 + i, j0 + j], zero elsewhere: what each port line i (a row's or a
+    column's input) sees at each cycle, delayed by i cycles (the skew)."""
+    ports[:] = 0
+    for i in range(n_i):
+        for j in range(n_j):
+            ports[j + i, slot0 + i] = src[i0 + i, j0 + j]
+
+
+@njit
+def stream_fold(stat, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, carry_in, carry_out, act, nact, ps,
+                nps, occ, arrivals, rate, kind, lo, hi, wrap, scale_neg=None):
+    """The stream phase of one ws/is fold (tn + rows + cols - 2 cycles) on a loaded stationary tile.
+
+    stat, act / nact (this and next cycle's streamed operand), ps / nps (partial sums): flat register files
+    (module docstring). ports (>= n_cycles, rows): what enters row r's port at each cycle (skewed, zero
+    outside the tile). end_rows: rows that end a group; their sums go to the multipliers and the row is
+    cleared, so the row below starts from 0. scale: ws (rows, cols) alpha per (row, column); is (rows,
+    n_slots + cols - 1) alpha of time index n_slots - 1 - u at [r, u]. acc (>= n_slots, cols) and carry_*
+    (>= n_slots, cols) skewed. scale_neg: alpha- laid out like scale (two scales: every group end sends two
+    products to the multipliers), None for one scale. Returns (cycles, overflow events).
+    """
+    n_scale = _scale_count(scale_neg)
+    scn = _flat_or_none(scale_neg)
+    cols = acc.shape[1]
+    width = cols + 1
+    n = stat.size
+    rows = n // width - 1
+    n_cycles = tn + rows + cols - 2
+    events = 0
+    queue = _may_stall(end_rows.size * n_scale, su, rate, kind)
+    accf, cout, sc = acc.reshape(-1), carry_out.reshape(-1), scale.reshape(-1)
+    W, C = U(width), U(cols)
+    for tau in range(n_cycles):
+        for r in range(rows):                     # the ports: row r's next element, skewed by r cycles
+            act[(r + 1) * width] = ports[tau, r]
+        for c in range(cols):                     # partial sums entering from the top: the carry
+            ps[1 + c] = carry_in[tau, c] if tau < n_slots else 0
+        for j in range(U(n - width)):             # every PE: operand one column right, sum one row down
+            a = act[j + W - U(1)]
+            nact[j + W] = a
+            nps[j + W] = ps[j] + stat[j + W] * a
+        for e in range(end_rows.size):            # group sums leave their rows for the multipliers
+            r = end_rows[e]
+            q = tau - r
+            row = U((r + 1) * width + 1)
+            if 0 <= q < n_slots:                  # is: lane c holds time index q - c; ws: one alpha per column
+                dst = U(q * cols)
+                alpha = U(r * scale.shape[1] + (n_slots - 1 - q if n_in_time else 0))
+                for c in range(C):
+                    v = accf[dst + c] + _group_product(nps[row + c], sc[alpha + c], scn, alpha + c)
+                    events += (v < lo) | (v > hi)
+                    accf[dst + c] = _keep(v, lo, hi, wrap)
+            for c in range(C):
+                nps[row + c] = 0
+        if queue:                                 # lanes c of row r hold a real element: 0 <= tau - r - c < tn
+            arrivals[:] = 0
+            for e in range(end_rows.size):
+                r = end_rows[e]
+                for c in range(max(0, tau - r - tn + 1), min(su - 1, tau - r) + 1):
+                    arrivals[c] += n_scale
+            _enqueue(occ, arrivals, su, rate, kind)
+        q = tau - rows + 1
+        if 0 <= q < n_slots:                      # the bottom row's unfinished sums: the next fold's carry
+            dst, bottom = U(q * cols), U(rows * width + 1)
+            for c in range(C):
+                cout[dst + c] = nps[bottom + c]
+        act, nact = nact, act
+        ps, nps = nps, ps
+    return n_cycles, events
 
 
 @njit
