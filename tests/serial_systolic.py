@@ -1,6 +1,6 @@
 """The ws/is stream GEMM as it was before its (column fold, T tile) pairs ran on threads and before its stepping
 was restructured: one serial loop over folds -> T tiles -> row folds on one set of registers, FIFOs and
-accumulators, and its own copy of the plain per-fold stepping (a register file for the streamed operand copied
+accumulators, and its own copy of the plain per-fold stepping (one column fold at a time, a register file for the streamed operand copied
 one slot right and one for the partial sums copied one row down every cycle, a skewed port table, the stationary
 tile shifted in one row per cycle). tests/test_cycle_engine.py checks tersim.kernels.systolic against it."""
 import numpy as np
@@ -8,8 +8,8 @@ from numba import njit
 
 from tersim.kernels.systolic import (FIRST_TILE_OVERHEAD, GROUP_STALL, GROUP_SUMS, LOAD, N_COUNTERS, OVERFLOW_EVENTS,
                                      QUEUE_NONE, QUEUE_PER_COLUMN, RELOAD_OVERHEAD, STEPPED, STREAM, U, _enqueue,
-                                     _fold_scales, _flat_or_none, _group_product, _init_acc, _keep, _may_stall,
-                                     _queue_drain, _scale_count, _zeros_like_if)
+                                     _flat_or_none, _group_product, _keep, _may_stall, _queue_drain, _scale_count,
+                                     _zeros_like_if)
 
 
 @njit
@@ -97,6 +97,35 @@ def stream_fold(stat, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, c
         act, nact = nact, act
         ps, nps = nps, ps
     return n_cycles, events
+
+
+
+@njit
+def _init_acc(acc, bias, n0, su, tn, n_in_time, lo, hi, wrap):
+    """Skewed accumulators acc[q, c] of one fold column: bias (one clamp/wrap step) at real slots
+    (time index q - c in [0, tn)), 0 elsewhere."""
+    events = 0
+    acc[:] = 0
+    for c in range(su):
+        for t in range(tn):
+            b = bias[n0 + t] if n_in_time else bias[n0 + c]
+            events += (b < lo) | (b > hi)
+            acc[t + c, c] = _keep(b, lo, hi, wrap)
+    return events
+
+
+@njit
+def _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time):
+    """Alpha of each row's group for this fold: per column (ws) or per time index, reversed (is)."""
+    scale[:] = 0
+    for r in range(ku):
+        g = gidx[k0 + r]
+        if n_in_time:
+            for t in range(tn):
+                scale[r, n_slots - 1 - t] = alpha[t0 + t, g]
+        else:
+            for c in range(su):
+                scale[r, c] = alpha[s0 + c, g]
 
 
 @njit

@@ -29,7 +29,7 @@ from tersim.kernels.common import check_conv, check_linear, linear_alpha_as_conv
 from tersim.kernels.elementwise import requantize_int
 from tersim.kernels.grouped import im2col
 from tersim.kernels.systolic import (N_COUNTERS, PACK_HALF, QUEUE_NONE, QUEUE_PER_COLUMN, QUEUE_SHARED, GemmCounters,
-                                     pack_two_scale_codes, run_os_gemm, run_stream_gemm)
+                                     narrow_scales, pack_two_scale_codes, run_os_gemm, run_stream_gemm)
 from tersim.quantize.graph import QuantizedGraph, QuantizedLayer
 from tersim.quantize.layout import k_order
 from tersim.timing.analytic import baseline_traffic, skip_plan, ternary_traffic
@@ -74,6 +74,7 @@ def _run_gemms(xcol: np.ndarray, wcol: np.ndarray, ends: np.ndarray, gidx: np.nd
     pack_two_scale_codes), else None."""
     groups, P, K = xcol.shape
     N = wcol.shape[0] // groups
+    alpha, alpha_neg = narrow_scales(alpha), narrow_scales(alpha_neg)
     acc = np.zeros((groups, P, N), acc_dtype)
     stats = np.zeros(N_COUNTERS, np.int64)
     proto = np.zeros(1, psum_dtype)

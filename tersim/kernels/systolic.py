@@ -68,7 +68,8 @@ class GemmCounters(NamedTuple):
         return cls(*(int(v) for v in counters))
 
 
-QUEUE_NONE, QUEUE_PER_COLUMN, QUEUE_SHARED = 0, 1, 2   # per_pe never stalls: QUEUE_NONE
+QUEUE_NONE, QUEUE_PER_COLUMN, QUEUE_SHARED = 0, 1, 2
+MAX_SEGMENTS = 4   # ws: column folds of one T tile stepped side by side (stream_fold)   # per_pe never stalls: QUEUE_NONE
 U = np.uint64   # per-cycle loops index with unsigned offsets: no negative-index check (so they vectorise) and no
                 # array views (each costs two atomic reference-count updates, measured at a third of the time)
 
@@ -101,6 +102,17 @@ def pack_two_scale_codes(codes: np.ndarray) -> np.ndarray:
     one register, so the stepping (moves, carries across folds) is the one-scale array's."""
     c = np.asarray(codes)
     return np.where(c > 0, 1, np.where(c < 0, np.int64(1) << PACK_SHIFT, 0)).astype(np.int64)
+
+
+def narrow_scales(alpha: np.ndarray | None) -> np.ndarray | None:
+    """Integer alphas as int32 when every one fits (else unchanged; floats and None too): a group product is
+    then a 32 x 32 -> 64-bit multiply (the kernels widen both factors to int64 first, so the products are the
+    same), which vectorises; a 64 x 64-bit one does not as well."""
+    if alpha is None or alpha.dtype.kind not in "iu" or alpha.size == 0:
+        return alpha
+    if alpha.min() >= np.iinfo(np.int32).min and alpha.max() <= np.iinfo(np.int32).max:
+        return np.ascontiguousarray(alpha, np.int32)
+    return alpha
 
 
 def _group_product(s, a, neg_scale, i):
@@ -189,15 +201,20 @@ def _enqueue(occ, arrivals, n_lanes, rate, kind):
 
 @njit(cache=True)
 def load_stationary(reg, src, s0, su, k0, ku, width):
-    """Shift the tile src[s0 + c, k0 + r] into PE (r, c) from the top, one row per cycle; returns the cycles."""
-    n = reg.size
-    rows = n // width - 1
-    for step in range(rows):
-        for j in range(n - 1, 2 * width - 1, -1):
-            reg[j] = reg[j - width]
-        kr = rows - 1 - step                       # the row entering now ends at row kr
-        for c in range(width - 1):
-            reg[width + 1 + c] = src[s0 + c, k0 + kr] if (c < su and kr < ku) else 0
+    """Load the tiles src[s0[m] + c, k0 + r] (c < su[m]) into PE (r, c) of segment m; returns the load cycles.
+    A register line holds the segments side by side, `width` slots each (slot 0 a port, then the columns).
+
+    The array shifts a tile in from the top, one row per cycle (`rows` cycles: the row entering at step i
+    ends at row rows - 1 - i). Nothing is computed while it does, so the registers are written in the state
+    those cycles leave them in (the shifting itself is tests/serial_systolic.py's) and the cycles are counted."""
+    line = width * s0.size
+    rows = reg.size // line - 1
+    for r in range(rows):
+        for m in range(s0.size):
+            base = (r + 1) * line + m * width
+            reg[base] = 0
+            for c in range(width - 1):
+                reg[base + 1 + c] = src[s0[m] + c, k0 + r] if (c < su[m] and r < ku) else 0
     return rows
 
 
@@ -207,45 +224,62 @@ def stream_fold(stat, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, c
     """The stream phase of one ws/is fold (tn + rows + cols - 2 cycles) on a loaded stationary tile.
 
     stat, act / nact (this and next cycle's streamed operand), ps / nps (partial sums): flat register files
-    (module docstring). ports (>= n_cycles, rows): what enters row r's port at each cycle (skewed, zero
-    outside the tile). end_rows: rows that end a group; their sums go to the multipliers and the row is
-    cleared, so the row below starts from 0. scale: ws (rows, cols) alpha per (row, column); is (rows,
-    n_slots + cols - 1) alpha of time index n_slots - 1 - u at [r, u]. acc (>= n_slots, cols) and carry_*
-    (>= n_slots, cols) skewed. scale_neg: alpha- laid out like scale (two scales: every group end sends two
-    products to the multipliers), None for one scale. Returns (cycles, overflow events).
+    (module docstring) whose lines hold `segments` arrays side by side (width = cols + 1 slots each, slot 0 a
+    port): independent column folds of the same T tile and row fold, stepped in the same cycles so that every
+    per-cycle loop runs over all of them at once; their streamed operand is the same, every segment's port
+    gets it. ports (>= n_cycles, rows): what enters row r's port at each cycle (skewed, zero outside the
+    tile). end_rows: rows that end a group; their sums go to the multipliers and the row is cleared, so the
+    row below starts from 0. scale (rows, segments * width): alpha at [r, m * width + 1 + c] (ws); is (one
+    segment): alpha of time index n_slots - u at [r, u]. acc (>= n_slots, segments * width) and carry_*
+    (>= n_slots, segments * width) skewed: column c of segment m at lane m * width + 1 + c, port lanes stay 0.
+    scale_neg: alpha- laid out like scale (two scales: every group end sends two products to the
+    multipliers), None for one scale. su: the columns of the one segment's tile, for the FIFOs (only a single
+    segment may stall). Returns (cycles, overflow events).
     """
     n_scale = _scale_count(scale_neg)
     scn = _flat_or_none(scale_neg)
-    cols = acc.shape[1]
-    width = cols + 1
+    line = acc.shape[1]
+    rows = ports.shape[1]
     n = stat.size
-    rows = n // width - 1
+    cols = n_slots - tn + 1
+    width = cols + 1
+    segments = line // width
     n_cycles = tn + rows + cols - 2
     events = 0
     queue = _may_stall(end_rows.size * n_scale, su, rate, kind)
-    accf, cout, sc = acc.reshape(-1), carry_out.reshape(-1), scale.reshape(-1)
-    W, C = U(width), U(cols)
+    accf, cin, cout, sc, pf = acc.reshape(-1), carry_in.reshape(-1), carry_out.reshape(-1), scale.reshape(-1), \
+        ports.reshape(-1)
+    L, W, R = U(line), U(width), U(rows)
     for tau in range(n_cycles):
-        for r in range(rows):                     # the ports: row r's next element, skewed by r cycles
-            act[(r + 1) * width] = ports[tau, r]
-        for c in range(cols):                     # partial sums entering from the top: the carry
-            ps[1 + c] = carry_in[tau, c] if tau < n_slots else 0
-        for j in range(U(n - width)):             # every PE: operand one column right, sum one row down
-            a = act[j + W - U(1)]
-            nact[j + W] = a
-            nps[j + W] = ps[j] + stat[j + W] * a
+        src = U(tau) * R
+        for r in range(R):                        # the ports: row r's next element, skewed by r cycles
+            a = pf[src + r]
+            port = (r + U(1)) * L
+            for m in range(U(segments)):
+                act[port + m * W] = a
+        if tau < n_slots:                         # partial sums entering from the top: the carry
+            src = U(tau) * L
+            for c in range(L):
+                ps[c] = cin[src + c]
+        else:
+            for c in range(L):
+                ps[c] = 0
+        for j in range(U(n) - L):                 # every PE: operand one slot right, sum one row down
+            a = act[j + L - U(1)]
+            nact[j + L] = a
+            nps[j + L] = ps[j] + stat[j + L] * a
         for e in range(end_rows.size):            # group sums leave their rows for the multipliers
             r = end_rows[e]
             q = tau - r
-            row = U((r + 1) * width + 1)
+            row = U(r + 1) * L
             if 0 <= q < n_slots:                  # is: lane c holds time index q - c; ws: one alpha per column
-                dst = U(q * cols)
+                dst = U(q) * L
                 alpha = U(r * scale.shape[1] + (n_slots - 1 - q if n_in_time else 0))
-                for c in range(C):
+                for c in range(L):
                     v = accf[dst + c] + _group_product(nps[row + c], sc[alpha + c], scn, alpha + c)
                     events += (v < lo) | (v > hi)
                     accf[dst + c] = _keep(v, lo, hi, wrap)
-            for c in range(C):
+            for c in range(L):
                 nps[row + c] = 0
         if queue:                                 # lanes c of row r hold a real element: 0 <= tau - r - c < tn
             arrivals[:] = 0
@@ -256,8 +290,8 @@ def stream_fold(stat, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, c
             _enqueue(occ, arrivals, su, rate, kind)
         q = tau - rows + 1
         if 0 <= q < n_slots:                      # the bottom row's unfinished sums: the next fold's carry
-            dst, bottom = U(q * cols), U(rows * width + 1)
-            for c in range(C):
+            dst, bottom = U(q) * L, R * L
+            for c in range(L):
                 cout[dst + c] = nps[bottom + c]
         act, nact = nact, act
         ps, nps = nps, ps
@@ -265,31 +299,35 @@ def stream_fold(stat, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, c
 
 
 @njit(cache=True)
-def _init_acc(acc, bias, n0, su, tn, n_in_time, lo, hi, wrap):
-    """Skewed accumulators acc[q, c] of one fold column: bias (one clamp/wrap step) at real slots
-    (time index q - c in [0, tn)), 0 elsewhere."""
+def _init_acc(acc, bias, n0, su, tn, width, n_in_time, lo, hi, wrap):
+    """Skewed accumulators acc[q, m * width + 1 + c] of the segments (column folds starting at filter n0[m]
+    (ws) or of time tile n0[0] (is)): bias (one clamp/wrap step) at real slots (time index q - c in [0, tn),
+    c < su[m]), 0 elsewhere."""
     events = 0
     acc[:] = 0
-    for c in range(su):
-        for t in range(tn):
-            b = bias[n0 + t] if n_in_time else bias[n0 + c]
-            events += (b < lo) | (b > hi)
-            acc[t + c, c] = _keep(b, lo, hi, wrap)
+    for m in range(su.size):
+        for c in range(su[m]):
+            for t in range(tn):
+                b = bias[n0[m] + t] if n_in_time else bias[n0[m] + c]
+                events += (b < lo) | (b > hi)
+                acc[t + c, m * width + 1 + c] = _keep(b, lo, hi, wrap)
     return events
 
 
 @njit(cache=True)
-def _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time):
-    """Alpha of each row's group for this fold: per column (ws) or per time index, reversed (is)."""
+def _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, width, n_in_time):
+    """Alpha of each row's group for this fold: per column of each segment m (ws: [r, m * width + 1 + c]) or
+    per time index, reversed (is, one segment: time t at [r, n_slots - t])."""
     scale[:] = 0
     for r in range(ku):
         g = gidx[k0 + r]
         if n_in_time:
             for t in range(tn):
-                scale[r, n_slots - 1 - t] = alpha[t0 + t, g]
+                scale[r, n_slots - t] = alpha[t0 + t, g]
         else:
-            for c in range(su):
-                scale[r, c] = alpha[s0 + c, g]
+            for m in range(su.size):
+                for c in range(su[m]):
+                    scale[r, m * width + 1 + c] = alpha[s0[m] + c, g]
 
 
 @njit(cache=True)
@@ -304,43 +342,65 @@ def _skew_ports(ports, src, i0, n_i, j0, n_j, slot0):
 
 @njit(cache=True)
 def _stream_tile(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, lo, hi, wrap, kind, rate, out, alpha_neg,
-                 s0, su, t0, tn, reg, act, nact, ps, nps, ports, acc, carry_in, carry_out, scale, scale_neg, occ,
+                 s0, su, t0, tn, cols, reg, act, nact, ps, nps, ports, acc, carry_in, carry_out, scale, scale_neg, occ,
                  arrivals, stats):
-    """One column fold x T tile of run_stream_gemm, every row fold, on the caller's scratch (registers, FIFOs,
-    accumulators: any contents, every array is reset or overwritten before it is read). A tile starts from the
-    bias, zero carries and empty FIFOs and leaves the FIFOs empty, so tiles are independent. Writes
-    out[t0:t0 + tn, s0:s0 + su] and adds its counters to stats."""
+    """Column folds s0[m] (su[m] columns; su 0: an idle segment) x one T tile of run_stream_gemm, side by side
+    (stream_fold's segments), every row fold, on the caller's scratch (registers, FIFOs, accumulators: any
+    contents, every array is reset or overwritten before it is read). A tile starts from the bias, zero
+    carries and empty FIFOs and leaves the FIFOs empty, so tiles are independent. Writes
+    out[t0:t0 + tn, s0[m]:s0[m] + su[m]] and adds each fold's counters to stats."""
     n_scale = _scale_count(alpha_neg)
     K = stat_src.shape[1]
-    cols = acc.shape[1]
     width = cols + 1
     n_slots = tn + cols - 1
-    stats[OVERFLOW_EVENTS] += _init_acc(acc, bias, t0 if n_in_time else s0, su, tn, n_in_time, lo, hi, wrap)
+    real = 0
+    for m in range(su.size):
+        real += su[m] > 0
+    stats[OVERFLOW_EVENTS] += _init_acc(acc, bias, np.full(1, t0) if n_in_time else s0, su, tn, width, n_in_time,
+                                        lo, hi, wrap)
     carry_in[:] = 0
     for k0 in range(0, K, rows):
         ku = min(rows, K - k0)
         end_rows = np.flatnonzero(ends_k[k0:k0 + ku])
-        _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
+        _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, width, n_in_time)
         if alpha_neg is not None:
-            _fold_scales(scale_neg, alpha_neg, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
+            _fold_scales(scale_neg, alpha_neg, gidx, k0, ku, s0, su, t0, tn, n_slots, width, n_in_time)
         _skew_ports(ports, strm, k0, ku, t0, tn, 0)
         load = load_stationary(reg, stat_src, s0, su, k0, ku, width)
         act[:] = 0
         ps[:] = 0
-        stream, ev = stream_fold(reg, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, carry_in, carry_out,
-                                 act, nact, ps, nps, occ, arrivals, rate, kind, lo, hi, wrap, scale_neg)
+        stream, ev = stream_fold(reg, ports, tn, su[0], end_rows, scale, n_in_time, acc, n_slots, carry_in,
+                                 carry_out, act, nact, ps, nps, occ, arrivals, rate, kind, lo, hi, wrap, scale_neg)
         stall = _queue_drain(occ, rate) if kind != QUEUE_NONE else 0
         carry_in, carry_out = carry_out, carry_in
-        stats[STEPPED] += load + stream
-        stats[LOAD] += load
-        stats[STREAM] += stream
-        stats[FIRST_TILE_OVERHEAD if t0 == 0 else RELOAD_OVERHEAD] += load + stream - tn
+        stats[STEPPED] += (load + stream) * real
+        stats[LOAD] += load * real
+        stats[STREAM] += stream * real
+        stats[FIRST_TILE_OVERHEAD if t0 == 0 else RELOAD_OVERHEAD] += (load + stream - tn) * real
         stats[GROUP_STALL] += stall
         stats[OVERFLOW_EVENTS] += ev
-        stats[GROUP_SUMS] += end_rows.size * su * tn * n_scale  # every end row scales one sum per real lane and time
-    for c in range(su):
-        for t in range(tn):
-            out[t0 + t, s0 + c] = acc[t + c, c]
+        for m in range(su.size):                  # every end row scales one sum per real lane and time
+            stats[GROUP_SUMS] += end_rows.size * su[m] * tn * n_scale
+    for m in range(su.size):
+        for c in range(su[m]):
+            for t in range(tn):
+                out[t0 + t, s0[m] + c] = acc[t + c, m * width + 1 + c]
+
+
+@njit(cache=True)
+def _segments(ends_k, rows, cols, n_folds, n_tiles, n_in_time, n_scale, rate, kind, threads):
+    """How many column folds a worker steps side by side: up to MAX_SEGMENTS while there are still >= 4 items
+    (segment groups x T tiles) per thread; 1 for is (its alpha runs along time) and when a FIFO may stall
+    (the FIFOs are one segment's)."""
+    most = 0
+    for k0 in range(0, ends_k.size, rows):
+        most = max(most, np.count_nonzero(ends_k[k0:k0 + rows]))
+    if n_in_time or _may_stall(most * n_scale, cols, rate, kind):
+        return 1
+    m = MAX_SEGMENTS
+    while m > 1 and (n_folds + m - 1) // m * n_tiles < 4 * threads:
+        m //= 2
+    return m
 
 
 def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi, wrap,
@@ -353,10 +413,11 @@ def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, 
     Returns the counters (int64[N_COUNTERS], indexed by STEPPED, LOAD, ...: see GemmCounters).
     alpha_neg (N, groups): alpha- of two scales per group (weights packed by pack_two_scale_codes), or None.
 
-    The (column fold, T tile) pairs share no state (`_stream_tile`), so they are dealt round-robin to one worker
-    per Numba thread; a worker allocates its registers, FIFOs and accumulators once and reuses them for each of
-    its tiles (no allocation per tile), and counts into its own row; the rows are summed at the end (integers:
-    the serial loop's totals).
+    The (column fold, T tile) pairs share no state (`_stream_tile`); a worker steps a few column folds of one
+    T tile side by side (`_segments`), and these items are dealt round-robin to one worker per Numba thread;
+    a worker allocates its registers, FIFOs and accumulators once and reuses them for each of its items (no
+    allocation per item), and counts into its own row; the rows are summed at the end (integers: the serial
+    loop's totals).
     """
     return _stream_gemm_on_workers(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi,
                                    wrap, kind, rate, out, psum_proto, get_num_threads(), alpha_neg)
@@ -365,16 +426,21 @@ def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, 
 @njit(cache=True, parallel=True)
 def _stream_gemm_on_workers(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi, wrap,
                             kind, rate, out, psum_proto, threads, alpha_neg=None):
-    """run_stream_gemm on min(threads, tiles) workers (threads: Numba's current count, read outside the kernel so
+    """run_stream_gemm on min(threads, items) workers (threads: Numba's current count, read outside the kernel so
     the kernel stays cacheable)."""
     S, K = stat_src.shape
     T = strm.shape[1]
     width = cols + 1
-    n = (rows + 1) * width
     tile = min(t_tile, T)
     slots = tile + cols - 1
     n_tiles = (T + t_tile - 1) // t_tile
-    n_items = (S + cols - 1) // cols * n_tiles
+    n_folds = (S + cols - 1) // cols
+    segments = _segments(ends_k, rows, cols, n_folds, n_tiles, n_in_time, _scale_count(alpha_neg), rate, kind,
+                         threads)
+    line = segments * width
+    n = (rows + 1) * line
+    n_groups = (n_folds + segments - 1) // segments
+    n_items = n_groups * n_tiles
     n_workers = min(threads, n_items)
     per_worker = np.zeros((n_workers, N_COUNTERS), np.int64)
     for w in prange(n_workers):
@@ -384,18 +450,23 @@ def _stream_gemm_on_workers(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time
         ps = np.zeros(n, psum_proto.dtype)
         nps = np.zeros(n, psum_proto.dtype)
         ports = np.zeros((tile + rows + cols - 2, rows), strm.dtype)
-        acc = np.zeros((slots, cols), out.dtype)
-        carry_in = np.zeros((slots, cols), psum_proto.dtype)
-        carry_out = np.zeros((slots, cols), psum_proto.dtype)
-        scale = np.zeros((rows, slots + cols - 1 if n_in_time else cols), alpha.dtype)
+        acc = np.zeros((slots, line), out.dtype)
+        carry_in = np.zeros((slots, line), psum_proto.dtype)
+        carry_out = np.zeros((slots, line), psum_proto.dtype)
+        scale = np.zeros((rows, slots + width if n_in_time else line), alpha.dtype)
         scale_neg = _zeros_like_if(alpha_neg, scale)
         occ = np.zeros(cols if kind == QUEUE_PER_COLUMN else 1, np.int64)
         arrivals = np.zeros(cols, np.int64)
+        s0 = np.zeros(segments, np.int64)
+        su = np.zeros(segments, np.int64)
         for item in range(w, n_items, n_workers):
-            s0, t0 = item // n_tiles * cols, item % n_tiles * t_tile
+            group, t0 = item // n_tiles, item % n_tiles * t_tile
+            for m in range(segments):
+                s0[m] = min((group * segments + m) * cols, S)
+                su[m] = min(cols, S - s0[m])
             _stream_tile(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, lo, hi, wrap, kind, rate, out,
-                         alpha_neg, s0, min(cols, S - s0), t0, min(t_tile, T - t0), reg, act, nact, ps, nps, ports,
-                         acc, carry_in, carry_out, scale, scale_neg, occ, arrivals, per_worker[w])
+                         alpha_neg, s0, su, t0, min(t_tile, T - t0), cols, reg, act, nact, ps, nps, ports, acc,
+                         carry_in, carry_out, scale, scale_neg, occ, arrivals, per_worker[w])
     stats = np.zeros(N_COUNTERS, np.int64)
     for w in range(n_workers):
         stats += per_worker[w]
