@@ -306,3 +306,108 @@ def numba_config_threads() -> int:
     """The most threads Numba may use here (set_num_threads cannot go above it)."""
     from numba import config
     return config.NUMBA_NUM_THREADS
+
+
+def _serial_case(rng, S, K, T, *, rows, cols, group, two_scales=False, wide_psum=False, acc_bits=32, n_in_time=False,
+                 alpha_hi=256, x_lo=-128, x_hi=128):
+    """run_stream_gemm's arguments on random int8 activations (-128 included) and ternary codes."""
+    from tersim.kernels.systolic import pack_two_scale_codes
+    psum = np.int64 if two_scales or wide_psum else np.int32
+    n_filters, n_pixels = (T, S) if n_in_time else (S, T)
+    x = rng.integers(x_lo, x_hi, (n_pixels, K))
+    x.flat[0] = x_lo
+    codes = rng.integers(-1, 2, (n_filters, K))
+    w = pack_two_scale_codes(codes) if two_scales else codes
+    stat, strm = (x, w.T) if n_in_time else (w, x.T)
+    ends = np.zeros(K, np.bool_)
+    ends[group - 1::group] = True
+    ends[K - 1] = True
+    gidx = np.cumsum(np.r_[0, ends[:-1]]).astype(np.int64)
+    alpha = rng.integers(0, alpha_hi, (n_filters, int(ends.sum()))).astype(np.int64)
+    alpha_neg = rng.integers(0, alpha_hi, alpha.shape).astype(np.int64) if two_scales else None
+    bias = rng.integers(-3000, 3000, n_filters).astype(np.int64)
+    lo, hi = -(2 ** (acc_bits - 1)), 2 ** (acc_bits - 1) - 1
+    return ((np.ascontiguousarray(stat, psum), np.ascontiguousarray(strm, psum), ends, gidx, alpha, bias, n_in_time,
+             rows, cols), (lo, hi), psum, alpha_neg)
+
+
+@pytest.mark.parametrize("rows,cols,S,T,t_tile", [(4, 3, 11, 9, 4), (1, 1, 5, 6, 2), (1, 4, 30, 3, 2), (5, 1, 3, 7, 3),
+                                                  (16, 16, 70, 20, 16)])
+@pytest.mark.parametrize("variant", ["one scale", "two scales", "int64 psums", "wrap", "saturate"])
+def test_side_by_side_column_folds_equal_the_serial_stepping(rows, cols, S, T, t_tile, variant):
+    """ws steps up to MAX_SEGMENTS column folds of a T tile side by side (an idle segment when the folds do not
+    divide): outputs and every counter equal the one-fold-at-a-time serial stepping, on 1-row / 1-column arrays,
+    ragged folds and tiles, one or two scales, int64 partial sums, wrapping or saturating narrow accumulators."""
+    from numba import get_num_threads, set_num_threads
+    from serial_systolic import serial_stream_gemm
+
+    from tersim.kernels.systolic import _segments, narrow_scales, run_stream_gemm
+
+    rng = np.random.default_rng(rows * 100 + cols * 10 + S)
+    narrow = variant in ("wrap", "saturate")
+    geo, (lo, hi), psum, alpha_neg = _serial_case(rng, S, 13, T, rows=rows, cols=cols, group=3,
+                                                  two_scales=variant == "two scales",
+                                                  wide_psum=variant == "int64 psums", acc_bits=12 if narrow else 32)
+    tail = (t_tile, lo, hi, variant == "wrap", 0, 1)
+    ref = np.zeros((T, S), np.int64)
+    want = serial_stream_gemm(*geo, *tail, ref, np.zeros(1, psum), alpha_neg)
+    n_folds, n_tiles = -(-S // cols), -(-T // t_tile)
+    assert _segments(geo[2], rows, cols, n_folds, n_tiles, False, 1, 1, 0, 1) > 1   # the side-by-side path runs
+    threads = get_num_threads()
+    try:
+        for n in sorted({1, min(2, numba_config_threads())}):
+            set_num_threads(n)
+            for a, an in ((geo[4], alpha_neg), (narrow_scales(geo[4]), narrow_scales(alpha_neg))):
+                out = np.full((T, S), 7, np.int64)
+                got = run_stream_gemm(*geo[:4], a, *geo[5:], *tail, out, np.zeros(1, psum), an)
+                np.testing.assert_array_equal(got, want)
+                np.testing.assert_array_equal(out, ref)
+    finally:
+        set_num_threads(threads)
+    if narrow:
+        assert want[6] > 0                                   # OVERFLOW_EVENTS: the narrow accumulator overflowed
+
+
+@pytest.mark.parametrize("dataflow", DATAFLOWS)
+def test_int32_alphas_give_the_exact_64_bit_products(dataflow):
+    """Alphas narrowed to int32 (narrow_scales) multiply int32 partial sums near 2**31 exactly: the products
+    (> 2**31) and a 64-bit accumulator equal the int64-alpha run and the serial stepping, on every dataflow."""
+    from serial_systolic import serial_stream_gemm
+
+    from tersim.kernels.systolic import narrow_scales, run_os_gemm, run_stream_gemm
+
+    rng = np.random.default_rng(11)
+    S, K, T = 6, 9, 5
+    x = np.full((T, K), 2**31 // K - 7, np.int64)            # a group sum of 9 near 2**31 - 1, in an int32 register
+    w = np.ones((S, K), np.int64)
+    w[0, :] = -1
+    ends = np.zeros(K, np.bool_)
+    ends[-1] = True
+    gidx = np.zeros(K, np.int64)
+    alpha = np.full((S, 1), 2**31 - 1, np.int64)
+    alpha[1] = rng.integers(1, 2**31 - 1)
+    bias = np.zeros(S, np.int64)
+    lo, hi = -(2**62), 2**62 - 1
+    assert narrow_scales(alpha).dtype == np.int32
+    assert narrow_scales(alpha * 2).dtype == np.int64 and narrow_scales(None) is None
+    assert narrow_scales(np.ones((2, 1), np.float32)).dtype == np.float32
+    want = (x @ w.T) * alpha[:, 0]
+    assert np.abs(want).max() > 2**61
+    x32, w32 = x.astype(np.int32), w.astype(np.int32)
+    for a in (alpha, narrow_scales(alpha)):
+        out = np.zeros((T, S), np.int64)
+        if dataflow == "output_stationary":
+            run_os_gemm(x32, w32, ends, gidx, a, bias, 4, 3, False, lo, hi, False, 0, 1, out, np.zeros(1, np.int32))
+        elif dataflow == "weight_stationary":
+            run_stream_gemm(w32, np.ascontiguousarray(x32.T), ends, gidx, a, bias, False, 4, 3, 4, lo, hi, False, 0, 1,
+                            out, np.zeros(1, np.int32))
+            ref = np.zeros((T, S), np.int64)
+            serial_stream_gemm(w32, np.ascontiguousarray(x32.T), ends, gidx, alpha, bias, False, 4, 3, 4, lo, hi,
+                               False, 0, 1, ref, np.zeros(1, np.int32))
+            np.testing.assert_array_equal(out, ref)
+        else:
+            out_t = np.zeros((S, T), np.int64)
+            run_stream_gemm(x32, np.ascontiguousarray(w32.T), ends, gidx, a, bias, True, 4, 3, 4, lo, hi, False, 0,
+                            1, out_t, np.zeros(1, np.int32))
+            out = out_t.T
+        np.testing.assert_array_equal(out, want)

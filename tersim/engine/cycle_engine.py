@@ -71,7 +71,8 @@ def _run_gemms(xcol: np.ndarray, wcol: np.ndarray, ends: np.ndarray, gidx: np.nd
     alpha_neg: alpha- of two scales per group (weights packed by pack_two_scale_codes), or None.
     With a skip `plan` each column fold runs on its own kept K indices (dropped ones are zero for every
     filter of the fold, so the sums are the same). `alpha_neg`: alpha- (two scales; wcol packed by
-    pack_two_scale_codes), else None."""
+    pack_two_scale_codes), else None. The streamed operand goes in as a transposed view (no copy): the
+    kernel reads it only to fill each fold's port table."""
     groups, P, K = xcol.shape
     N = wcol.shape[0] // groups
     alpha, alpha_neg = narrow_scales(alpha), narrow_scales(alpha_neg)
@@ -91,7 +92,7 @@ def _run_gemms(xcol: np.ndarray, wcol: np.ndarray, ends: np.ndarray, gidx: np.nd
                 stats += run_os_gemm(np.ascontiguousarray(x), w, fold_ends, gidx[kept], a, b, rows, cols,
                                      os_formula == "paper", lo, hi, wrap, *queue, out, proto, an)
             else:
-                stats += run_stream_gemm(w, np.ascontiguousarray(x.T), fold_ends, gidx[kept], a, b, False, rows, cols,
+                stats += run_stream_gemm(w, x.T, fold_ends, gidx[kept], a, b, False, rows, cols,
                                          t_tile, lo, hi, wrap, *queue, out, proto, an)
         return acc, GemmCounters.of(stats)
     for g in range(groups):
@@ -101,11 +102,11 @@ def _run_gemms(xcol: np.ndarray, wcol: np.ndarray, ends: np.ndarray, gidx: np.nd
             stats += run_os_gemm(xcol[g], w, ends, gidx, a, b, rows, cols, os_formula == "paper", lo, hi, wrap,
                                  *queue, acc[g], proto, an)
         elif df is Dataflow.WS:
-            stats += run_stream_gemm(w, np.ascontiguousarray(xcol[g].T), ends, gidx, a, b, False, rows, cols, t_tile,
+            stats += run_stream_gemm(w, xcol[g].T, ends, gidx, a, b, False, rows, cols, t_tile,
                                      lo, hi, wrap, *queue, acc[g], proto, an)
         else:
             out = np.zeros((N, P), acc_dtype)
-            stats += run_stream_gemm(xcol[g], np.ascontiguousarray(w.T), ends, gidx, a, b, True, rows, cols, t_tile,
+            stats += run_stream_gemm(xcol[g], w.T, ends, gidx, a, b, True, rows, cols, t_tile,
                                      lo, hi, wrap, *queue, out, proto, an)
             acc[g] = out.T
     return acc, GemmCounters.of(stats)

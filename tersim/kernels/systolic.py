@@ -13,7 +13,9 @@ compute is 0 and never read. The passes index with unsigned offsets and create n
 vectorise and pay no reference counting per cycle (see reports/cycle_engine.txt for the rate).
 
 * ws / is (`run_stream_gemm`): K on rows. The stationary tile (weights for ws, activations for is) is
-  shifted in from the top, one row per cycle (`rows` load cycles). Then the streamed operand enters
+  shifted in from the top, one row per cycle (`rows` load cycles: nothing computes, so `load_stationary`
+  writes the state they leave and counts them). ws steps up to MAX_SEGMENTS column folds of one T tile
+  side by side, one register line holding them all (`stream_fold`). Then the streamed operand enters
   at the left, row r delayed by r cycles (skew), and moves one column right per cycle; partial sums
   move one row down per cycle. A PE adds `stationary * streamed` to the partial sum from above
   (ternary: +x, -x or a gated 0). The PE at the last row of an FGQ group sends the exact group sum to
@@ -68,8 +70,8 @@ class GemmCounters(NamedTuple):
         return cls(*(int(v) for v in counters))
 
 
-QUEUE_NONE, QUEUE_PER_COLUMN, QUEUE_SHARED = 0, 1, 2
-MAX_SEGMENTS = 4   # ws: column folds of one T tile stepped side by side (stream_fold)   # per_pe never stalls: QUEUE_NONE
+QUEUE_NONE, QUEUE_PER_COLUMN, QUEUE_SHARED = 0, 1, 2   # per_pe never stalls: QUEUE_NONE
+MAX_SEGMENTS = 4   # ws: column folds of one T tile stepped side by side (stream_fold)
 U = np.uint64   # per-cycle loops index with unsigned offsets: no negative-index check (so they vectorise) and no
                 # array views (each costs two atomic reference-count updates, measured at a third of the time)
 
@@ -279,8 +281,10 @@ def stream_fold(stat, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, c
                     v = accf[dst + c] + _group_product(nps[row + c], sc[alpha + c], scn, alpha + c)
                     events += (v < lo) | (v > hi)
                     accf[dst + c] = _keep(v, lo, hi, wrap)
-            for c in range(L):
-                nps[row + c] = 0
+                    nps[row + c] = 0
+            else:
+                for c in range(L):
+                    nps[row + c] = 0
         if queue:                                 # lanes c of row r hold a real element: 0 <= tau - r - c < tn
             arrivals[:] = 0
             for e in range(end_rows.size):
