@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -17,7 +18,7 @@ import pandas as pd
 from tersim.config import Accelerator, load_accelerator
 from tersim.data import DataSource, model_classes, open_data, synthetic_inputs
 from tersim.engine.checks import LayerSimulation, simulate_checked
-from tersim.engine.counts import OpCounts, layer_counts
+from tersim.engine.counts import layer_counts
 from tersim.engine.execute import dequantize_output, execute
 from tersim.errors import DataError
 from tersim.frontend import Graph, execute_float, import_model
@@ -27,7 +28,7 @@ from tersim.quantize.data_free import activation_ranges
 from tersim.quantize.graph import QuantizedGraph, QuantizedLayer, calibrate_max_abs, quantize_graph
 from tersim.quantize.schemes import layer_weight_bytes, scheme_summary
 from tersim.report.metrics import StreamingDeviation
-from tersim.timing.analytic import baseline_layer_timing, layer_timing
+from tersim.timing.analytic import TIMING_ROW_FIELDS, baseline_layer_timing, layer_timing
 from tersim.timing.shapes import LayerShape
 from tersim.timing.summary import model_summary, projected_speedup_at_eliminated
 
@@ -377,6 +378,18 @@ def _simulate(graph: Graph, qgraph: QuantizedGraph, hw: Accelerator, x: np.ndarr
     return simulate_checked(qgraph, hw, x, shapes)
 
 
+@dataclass
+class PointTable:
+    """One hardware point of `tabulate_points`: the per-layer report rows as columns (lists, in report order;
+    `layers()` is the DataFrame) and the model's summary row."""
+
+    columns: dict[str, list]
+    summary: dict
+
+    def layers(self) -> pd.DataFrame:
+        return pd.DataFrame(self.columns)
+
+
 def tabulate(
     graph: Graph,
     qgraph: QuantizedGraph,
@@ -387,49 +400,89 @@ def tabulate(
     overflow: dict[str, int] | None = None,
     metrics: dict[str, float] | None = None,
     simulated: dict[str, LayerSimulation] | None = None,
-    shapes: dict[str, LayerShape] | None = None,
-    counts: dict[str, OpCounts] | None = None,
 ) -> RunResult:
     """Report rows from a quantized graph: op counts, weight stats and analytic timing need no execution,
     so `run` (with the engine's overflow counts and deviation metrics) and timing-only sweeps share them.
     `simulated`: cycle-stepped timings by layer name (the `timing` column says which source each row used).
-    `shapes` / `counts`: layer_shape / layer_counts of the layers by name, when the caller tabulates one qgraph on
-    many hardware points."""
-    overflow, metrics = overflow or {}, metrics or {}
-    rows, tern_timings, base_timings = [], [], []
-    for layer in qgraph.layers.values():
-        if layer.weight_kind is None:
-            continue
-        sim = (simulated or {}).get(layer.node.name)
-        if sim is None:
-            shape = (shapes or {}).get(layer.node.name) or layer_shape(graph, layer)
-            sim = LayerSimulation(layer_timing(shape, hw), baseline_layer_timing(shape, hw), "analytic")
-        tern, base = sim.ternary, sim.baseline
-        tern_timings.append(tern)
-        base_timings.append(base)
-        node = layer.node
-        rows.append({
-            "layer": node.name, "op": node.op, "out_shape": "x".join(map(str, node.shape)),
-            "weights": layer.weight_kind, "scheme": layer.scheme, "weight_bits": layer.weight_bits,
-            "group_size": layer.group_size, "weight_bytes": layer_weight_bytes(layer, qgraph.scale_bits),
-            **((counts or {}).get(node.name) or layer_counts(layer)).as_dict(),
-            "sparsity": layer.stats["sparsity"], "rel_error": layer.stats["rel_error"],
-            "overflow_events": overflow.get(node.name, 0),
-            **tern.as_dict(),
-            "baseline_cycles": base.total_cycles,
-            **{f"baseline_{k}": getattr(base, k) for k in BASELINE_ENERGY},
-            "speedup": base.total_cycles / tern.total_cycles if tern.total_cycles else float("nan"),
-            "timing": sim.source,
-        })
-    layers = pd.DataFrame(rows)
-    effective_n = qgraph.group_size
-    timing = model_summary(tern_timings, base_timings, hw, effective_n)
+    `tabulate_points` with one point."""
+    point = tabulate_points(graph, qgraph, [hw], samples=samples, labelled=labelled, overflow=overflow,
+                            metrics=metrics, simulated=simulated)[0]
+    return RunResult(layers=point.layers(), summary=pd.DataFrame([point.summary]), qgraph=qgraph)
+
+
+def tabulate_points(
+    graph: Graph,
+    qgraph: QuantizedGraph,
+    hws: Sequence[Accelerator],
+    *,
+    samples: int,
+    labelled: bool,
+    overflow: dict[str, int] | None = None,
+    metrics: dict[str, float] | None = None,
+    simulated: dict[str, LayerSimulation] | None = None,
+) -> list[PointTable]:
+    """`tabulate` of one quantized graph on every hardware point of `hws` (a sweep's points that share their
+    quantization): what depends only on the graph (shapes, counts, weight bytes and stats, their sums) is
+    computed once, the timing per point (a layer shape repeated in the network is timed once per point)."""
+    overflow, metrics, simulated = overflow or {}, metrics or {}, simulated or {}
+    weighted = [layer for layer in qgraph.layers.values() if layer.weight_kind is not None]
+    skip = any(hw.pe.zero_weights == "skip" for hw in hws)   # the only reader of the shapes' non-zero masks
+    shapes = [None if layer.node.name in simulated else layer_shape(graph, layer, nonzero=skip)
+              for layer in weighted]
+    static_rows = [_static_row(layer, qgraph, overflow) for layer in weighted]
+    static = pd.DataFrame(static_rows)
+    static_columns = {name: [row[name] for row in static_rows] for name in (static_rows[0] if static_rows else ())}
+    sums = _layer_sums(static)
+    points = []
+    for hw in hws:
+        memo: dict = {}
+        terns, bases, sources = [], [], []
+        for layer, shape in zip(weighted, shapes):
+            sim = simulated.get(layer.node.name)
+            if sim is None:
+                terns.append(layer_timing(shape, hw, memo=memo))
+                bases.append(baseline_layer_timing(shape, hw))
+                sources.append("analytic")
+            else:
+                terns.append(sim.ternary)
+                bases.append(sim.baseline)
+                sources.append(sim.source)
+        columns = {**static_columns, **{name: [getattr(t, name) for t in terns] for name in TIMING_ROW_FIELDS},
+                   "baseline_cycles": [b.total_cycles for b in bases],
+                   **{f"baseline_{k}": [getattr(b, k) for b in bases] for k in BASELINE_ENERGY},
+                   "speedup": [b.total_cycles / t.total_cycles if t.total_cycles else float("nan")
+                               for t, b in zip(terns, bases)],
+                   "timing": sources}
+        summary = {
+            "model": graph.name, "hw": hw.name, "group_size": qgraph.group_size, "act_bits": qgraph.act_bits,
+            "method": qgraph.method, "group_layout": qgraph.group_layout, "scales": qgraph.scales,
+            "correction": qgraph.correction, "calibration_split": qgraph.calibration_split,
+            **scheme_summary(hw, qgraph), "samples": samples, "labelled": labelled,
+            **sums, **model_summary(terns, bases, hw, qgraph.group_size), **metrics,
+        }
+        # the reconstructed projection at this model's own fraction of eliminated multiplications (all layers)
+        summary["projected_speedup_at_measured"] = projected_speedup_at_eliminated(summary["mults_eliminated"])
+        points.append(PointTable(columns, summary))
+    return points
+
+
+def _static_row(layer: QuantizedLayer, qgraph: QuantizedGraph, overflow: dict[str, int]) -> dict:
+    """The report columns of one layer that do not depend on the hardware point (those before the timing)."""
+    node = layer.node
+    return {
+        "layer": node.name, "op": node.op, "out_shape": "x".join(map(str, node.shape)),
+        "weights": layer.weight_kind, "scheme": layer.scheme, "weight_bits": layer.weight_bits,
+        "group_size": layer.group_size, "weight_bytes": layer_weight_bytes(layer, qgraph.scale_bits),
+        **layer_counts(layer).as_dict(),
+        "sparsity": layer.stats["sparsity"], "rel_error": layer.stats["rel_error"],
+        "overflow_events": overflow.get(node.name, 0),
+    }
+
+
+def _layer_sums(layers: pd.DataFrame) -> dict:
+    """The summary's whole-model columns that sum the per-layer ones (the hardware-independent columns)."""
     ternary = layers[layers.weights == "ternary"]
-    summary = {
-        "model": graph.name, "hw": hw.name, "group_size": qgraph.group_size, "act_bits": qgraph.act_bits,
-        "method": qgraph.method, "group_layout": qgraph.group_layout, "scales": qgraph.scales,
-        "correction": qgraph.correction, "calibration_split": qgraph.calibration_split,
-        **scheme_summary(hw, qgraph), "samples": samples, "labelled": labelled,
+    return {
         "weight_bytes": int(layers.weight_bytes.sum()),
         "macs": int(layers.macs.sum()), "mults": int(layers.mults.sum()),
         "mults_eliminated": 1 - layers.mults.sum() / layers.macs.sum(),
@@ -437,8 +490,4 @@ def tabulate(
         "weight_sparsity": float((layers.sparsity * layers.macs).sum() / layers.macs.sum()),
         "weight_rel_error": float((layers.rel_error * layers.macs).sum() / layers.macs.sum()),
         "overflow_events": int(layers.overflow_events.sum()),
-        **timing, **metrics,
     }
-    # the reconstructed projection at this model's own fraction of eliminated multiplications (all layers)
-    summary["projected_speedup_at_measured"] = projected_speedup_at_eliminated(summary["mults_eliminated"])
-    return RunResult(layers=layers, summary=pd.DataFrame([summary]), qgraph=qgraph)

@@ -13,13 +13,16 @@ from tersim.files import ensure_dir, write_text_atomic
 
 
 @dataclass
-
-
 class PointResult:
-    """One finished point: the model summary row and its per-layer rows."""
+    """One finished point: the model summary row and its per-layer rows, as a DataFrame (read from the cache)
+    or as columns (lists, computed: the sweep's layers table is built from every point's columns at once)."""
 
     summary: dict
-    layers: pd.DataFrame
+    rows: pd.DataFrame | dict[str, list]
+
+    @property
+    def layers(self) -> pd.DataFrame:
+        return self.rows if isinstance(self.rows, pd.DataFrame) else pd.DataFrame(self.rows)
 
 
 class PointCache:

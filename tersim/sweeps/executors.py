@@ -3,7 +3,7 @@ dask.distributed cluster: `tersim.parallel.spread`, the executor `run`'s dataset
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,76 +28,80 @@ def evaluate_task(graph: Graph, data: Evaluation | None, task: Task) -> list[tup
     for all points."""
     data = data or Evaluation()
     results = _timing_only(graph, data, task.points) if task.timing_only else _executed(graph, data, task.points)
-    return [(p.key, PointResult(_plain(r.summary.iloc[0].to_dict()), r.layers))
-            for p, r in zip(task.points, results)]
+    return [(p.key, r) for p, r in zip(task.points, results)]
 
 
-def _per_layer(graph: Graph, qgraph, skip: bool) -> dict:
-    """tabulate's per-layer inputs that do not depend on the hardware point: shapes and operation counts.
-    `skip`: some point of the task has `zero_weights: skip` (the only reader of the shapes' non-zero masks)."""
-    from tersim.engine.counts import layer_counts
-    from tersim.pipeline import layer_shape
+@dataclass
+class _Shared:
+    """The points of a task that share one quantized graph (and, executed, its evaluation): their positions
+    in the task and their hardware (options folded in), tabulated together by `pipeline.tabulate_points`."""
 
-    weighted = [(name, layer) for name, layer in qgraph.layers.items() if layer.weight_kind]
-    return {"shapes": {name: layer_shape(graph, layer, nonzero=skip) for name, layer in weighted},
-            "counts": {name: layer_counts(layer) for name, layer in weighted}}
+    qgraph: object
+    evaluated: object = None   # tersim.pipeline.Evaluated (executed points), None (timing-only)
+    at: list[int] = field(default_factory=list)
+    hws: list = field(default_factory=list)
 
 
-def _executed(graph: Graph, data: Evaluation, points: Sequence[Point]) -> list:
+def _tabulated(graph: Graph, shared: Sequence[_Shared], results: list) -> list[PointResult]:
+    """Fill `results` (one slot per point of the task) with the tabulated points of every `_Shared`."""
+    from tersim.pipeline import tabulate_points
+
+    for s in shared:
+        e = s.evaluated
+        tables = tabulate_points(graph, s.qgraph, s.hws, samples=0 if e is None else e.source.length,
+                                 labelled=False if e is None else e.source.labelled,
+                                 overflow=None if e is None else e.overflow, metrics=None if e is None else e.metrics)
+        for at, table in zip(s.at, tables):
+            results[at] = PointResult(_plain(table.summary), table.columns)
+    return results
+
+
+def _executed(graph: Graph, data: Evaluation, points: Sequence[Point]) -> list[PointResult]:
     """`pipeline.run` of every point: quantization and execution once per quantization key (the FP32 outputs
     once per sweep: `data.reference`), the analytic timing and report rows per point (sweeps never step the
     cycle engine per point: the engine's timing rows need the point's own run)."""
-    from tersim.pipeline import evaluate, run, tabulate
+    from tersim.pipeline import evaluate, run
 
-    shared: dict[str, tuple] = {}
-    skip = _any_skip(points)
-    results = []
-    for p in points:
+    shared: dict[str, _Shared] = {}
+    results: list = [None] * len(points)
+    for at, p in enumerate(points):
         options = p.options.replace(data=data.source, calib=data.calib)
         if options.timing != "analytic":
-            results.append(run(p.hw, graph, options, reference=data.reference))
+            r = run(p.hw, graph, options, reference=data.reference)
+            results[at] = PointResult(_plain(r.summary.iloc[0].to_dict()), r.layers)
             continue
         hw = options.apply(p.hw)
         key = quantization_key(hw)
         if key not in shared:
             e = evaluate(p.hw, graph, options, reference=data.reference)
-            shared[key] = (e, _per_layer(graph, e.qgraph, skip))
-        e, per_layer = shared[key]
-        results.append(tabulate(graph, e.qgraph, hw, samples=e.source.length, labelled=e.source.labelled,
-                                overflow=e.overflow, metrics=e.metrics, **per_layer))
-    return results
+            shared[key] = _Shared(e.qgraph, e)
+        shared[key].at.append(at)
+        shared[key].hws.append(hw)
+    return _tabulated(graph, list(shared.values()), results)
 
 
-def _timing_only(graph: Graph, data: Evaluation, points: Sequence[Point]) -> list:
+def _timing_only(graph: Graph, data: Evaluation, points: Sequence[Point]) -> list[PointResult]:
     """Quantization stats and analytic timing without executing the network: weights are ternarized once per
     N (and alpha width, quantization options), the quantized graph built once per quantization key. Nothing is
     executed, so no activation is calibrated either (no batches: every format has frac 0); no reported figure
     depends on the activation formats."""
-    from tersim.pipeline import calibration_inputs, tabulate
+    from tersim.pipeline import calibration_inputs
     from tersim.quantize.graph import quantize_graph, quantize_weights
 
     calibration: list[np.ndarray] = []
     weights: dict[str, dict] = {}
-    quantized: dict[str, tuple] = {}
-    skip = _any_skip(points)
-    results = []
-    for p in points:
+    shared: dict[str, _Shared] = {}
+    for at, p in enumerate(points):
         hw = p.options.apply(p.hw)
         wkey, qkey = quantization_key(hw, with_act_bits=False), quantization_key(hw)
         if wkey not in weights:
             calib = calibration_inputs(hw, data.calib, None)[0]  # bn_reestimate only
             weights[wkey] = quantize_weights(graph, hw, calib)
-        if qkey not in quantized:
-            qgraph = quantize_graph(graph, calibration, hw, weights=weights[wkey])
-            quantized[qkey] = (qgraph, _per_layer(graph, qgraph, skip))
-        qgraph, per_layer = quantized[qkey]
-        results.append(tabulate(graph, qgraph, hw, samples=0, labelled=False, **per_layer))
-    return results
-
-
-def _any_skip(points: Sequence[Point]) -> bool:
-    """Some point of the task has `zero_weights: skip` (once per task, not per quantization key)."""
-    return any(p.options.apply(p.hw).pe.zero_weights == "skip" for p in points)
+        if qkey not in shared:
+            shared[qkey] = _Shared(quantize_graph(graph, calibration, hw, weights=weights[wkey]))
+        shared[qkey].at.append(at)
+        shared[qkey].hws.append(hw)
+    return _tabulated(graph, list(shared.values()), [None] * len(points))
 
 
 def _plain(row: dict) -> dict:

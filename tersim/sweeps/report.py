@@ -17,17 +17,52 @@ if TYPE_CHECKING:
 
 def frames(points: list[Point], done: dict[str, PointResult], paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The tidy points and layers DataFrames in sweep order, key columns first."""
-    rows, layer_frames = [], []
+    rows, keyed = [], []
     for p in points:
         result = done[p.key]
         keys = {"model": result.summary["model"], "hw": result.summary["hw"], **dict(p.combo),
                 "group_size": p.group_size, "act_bits": p.act_bits}
         rows.append({**keys, **{k: v for k, v in result.summary.items() if k not in keys}})
-        layers = result.layers.rename(columns={"group_size": "effective_group_size"})
-        layer_frames.append(pd.concat([pd.DataFrame([keys] * len(layers)), layers], axis=1))
+        keyed.append((keys, result))
     points_frame = pd.DataFrame(rows)
-    layers_frame = pd.concat(layer_frames, ignore_index=True) if layer_frames else pd.DataFrame()
+    layers_frame = _layers_from_columns(keyed)
+    if layers_frame is None:
+        layer_frames = [pd.concat([pd.DataFrame([keys] * len(layers)), layers], axis=1)
+                        for keys, result in keyed
+                        for layers in [result.layers.rename(columns={"group_size": "effective_group_size"})]]
+        layers_frame = pd.concat(layer_frames, ignore_index=True) if layer_frames else pd.DataFrame()
     return points_frame, layers_frame
+
+
+# Column value types for which one DataFrame of all points' values has the dtype and values that concatenating
+# the points' own frames gives (ints of some points and floats of others: float64 either way).
+_UNIFORM_TYPES = ({str}, {bool}, {int}, {float}, {int, float})
+
+
+def _layers_from_columns(keyed: list[tuple[dict, PointResult]]) -> pd.DataFrame | None:
+    """The layers table built once from the points' columns, or None where that could differ from
+    concatenating the points' frames (`frames` then does that): a point read from the cache (a DataFrame), no
+    layers, differing or repeated column names, or a column with mixed or other value types (None, numpy
+    scalars: pandas infers those per frame)."""
+    if not keyed or not all(isinstance(result.rows, dict) for _, result in keyed):
+        return None
+    names = None
+    columns: dict[str, list] = {}
+    for keys, result in keyed:
+        layer_columns = {("effective_group_size" if k == "group_size" else k): v for k, v in result.rows.items()}
+        n = len(next(iter(layer_columns.values()), ()))
+        point_names = [*keys, *layer_columns]
+        if n == 0 or len(set(point_names)) != len(point_names) or len(layer_columns) != len(result.rows) \
+                or names not in (None, point_names):
+            return None
+        names = point_names
+        for k, v in keys.items():
+            columns.setdefault(k, []).extend([v] * n)
+        for k, v in layer_columns.items():
+            columns.setdefault(k, []).extend(v)
+    if any(set(map(type, values)) not in _UNIFORM_TYPES for values in columns.values()):
+        return None
+    return pd.DataFrame(columns)
 
 
 def report_stem(points: pd.DataFrame) -> str:

@@ -145,11 +145,11 @@ class LayerTiming:
 
     def as_dict(self) -> dict[str, float | int | str]:
         """Numbers only (no name/shape/design), ready to merge into a per-layer report row."""
-        return {name: getattr(self, name) for name in _ROW_FIELDS}
+        return {name: getattr(self, name) for name in TIMING_ROW_FIELDS}
 
 
-_ROW_FIELDS = tuple(f.name for f in fields(LayerTiming) if f.name not in {"name", "shape", "design", "rows", "cols",
-                                                                            "dataflow"})
+TIMING_ROW_FIELDS = tuple(f.name for f in fields(LayerTiming)
+                          if f.name not in {"name", "shape", "design", "rows", "cols", "dataflow"})
 
 
 def _finish(shape: LayerShape, design: str, rows: int, cols: int, dataflow: str, mem: MemoryConfig,
@@ -175,11 +175,12 @@ def _finish(shape: LayerShape, design: str, rows: int, cols: int, dataflow: str,
     )
 
 
-def _skip_choice(shape: LayerShape, hw: Accelerator, os_formula: OsFormula) -> tuple[SkipPlan | None, LayerTiming]:
+def _skip_choice(shape: LayerShape, hw: Accelerator, os_formula: OsFormula,
+                 memo: dict | None = None) -> tuple[SkipPlan | None, LayerTiming]:
     """The (offline) weight compressor's choice with `zero_weights: skip` and the layer's timing under it.
     It keeps the layer dense unless compressing is strictly faster: dropping K indices can move group ends
     across fold boundaries and crowd the multipliers. So skip is never slower than gate."""
-    dense = ternary_timing(shape, hw, os_formula=os_formula)
+    dense = ternary_timing(shape, hw, os_formula=os_formula, memo=memo)
     plan = skip_candidate(shape, hw)
     if plan is not None:
         compressed = ternary_timing(shape, hw, plan=plan, os_formula=os_formula)
@@ -193,15 +194,17 @@ def skip_plan(shape: LayerShape, hw: Accelerator, os_formula: OsFormula = "scale
     return _skip_choice(shape, hw, os_formula)[0]
 
 
-def layer_timing(shape: LayerShape, hw: Accelerator, *, os_formula: OsFormula = "scalesim") -> LayerTiming:
+def layer_timing(shape: LayerShape, hw: Accelerator, *, os_formula: OsFormula = "scalesim",
+                 memo: dict | None = None) -> LayerTiming:
     """One conv/linear layer on the ternary design `hw` (FGQ group size from `shape.group_size`).
 
     Ternary layers: a PE adds/subtracts/skips an act_bits activation per cycle; 2-bit codes plus an
     alpha table of scale_bits. int8-weight layers run on the same array, every MAC an 8-bit multiply at
     one per PE per cycle, their per-channel scale applied per kernel position as the numerics contract
-    writes it (one group per kernel position). `zero_weights: skip`: see `_skip_choice`.
+    writes it (one group per kernel position). `zero_weights: skip`: see `_skip_choice`. `memo`: a dict the
+    caller keeps for the layers of one model on this one `hw` (see `ternary_timing`).
     """
-    return _skip_choice(shape, hw, os_formula)[1]
+    return _skip_choice(shape, hw, os_formula, memo)[1]
 
 
 def ternary_traffic(shape: LayerShape, hw: Accelerator, k_eff: int | None = None) -> _Traffic:
@@ -215,19 +218,24 @@ def ternary_traffic(shape: LayerShape, hw: Accelerator, k_eff: int | None = None
 
 
 def ternary_timing(shape: LayerShape, hw: Accelerator, cycles: ArrayCycles | None = None, *,
-                   plan: SkipPlan | None = None, os_formula: OsFormula = "scalesim") -> LayerTiming:
+                   plan: SkipPlan | None = None, os_formula: OsFormula = "scalesim",
+                   memo: dict | None = None) -> LayerTiming:
     """The layer on the ternary design, dense or compressed by `plan` (skip); `cycles` from the
-    cycle-stepped engine, else from the closed forms. Bytes, memory stalls and energy follow from them."""
+    cycle-stepped engine, else from the closed forms. Bytes, memory stalls and energy follow from them.
+    `memo`: a dict the caller keeps while it holds `hw` (a model's layers on one hardware point): the dense
+    closed forms are then computed once per layer geometry (a network repeats its block shapes); they do not
+    read the layer's name, zero fraction or non-zero mask, only the energy does."""
+    if cycles is None and plan is None and memo is not None:
+        key = (id(hw), os_formula, shape.geometry)
+        array = memo.get(key)
+        if array is None:
+            array = memo[key] = _ternary_array(shape, hw, None, None, os_formula)
+    else:
+        array = _ternary_array(shape, hw, cycles, plan, os_formula)
+    active, traffic, cycles = array
     rows, cols, df = hw.array.rows, hw.array.cols, hw.array.dataflow
     act_bits, acc_bits = hw.pe.act_bits, hw.accumulator.bits
     scale_bits, energy = hw.group_scaling.scale_bits, hw.energy
-    classes = fold_classes(shape, hw, plan)
-    sr, _, t = gemm_dims(shape.gemm_k, shape.gemm_n, shape.gemm_p, df)
-    # MAC slots stepped: K of each column fold * its columns * what streams past them
-    active = sum(fc.k * fc.cols_used * fc.count for fc in classes) * (sr if Dataflow.of(df) is Dataflow.OS else t)
-    traffic = ternary_traffic(shape, hw, math.ceil(active / (shape.groups * shape.gemm_n * shape.gemm_p)))
-    if cycles is None:
-        cycles = array_cycles(shape, hw, classes, os_formula, traffic.t_tile, traffic.t_tiles)
 
     # Zero weights are gated (no add energy) in both modes; only `skip` also saves their cycles.
     nonzero_macs = round(shape.macs * (1.0 - shape.zero_fraction))
@@ -240,6 +248,20 @@ def ternary_timing(shape: LayerShape, hw: Accelerator, cycles: ArrayCycles | Non
     multipliers = rows * cols * shape.scales if hw.group_scaling.placement == "per_pe" else hw.group_scaling.multipliers
     return _finish(shape, "ternary", rows, cols, df, hw.memory, cycles.compute, cycles.group_stall,
                    cycles.tile_reload, traffic, active, cycles.group_mults, multipliers, energy, compute_pj)
+
+
+def _ternary_array(shape: LayerShape, hw: Accelerator, cycles: ArrayCycles | None, plan: SkipPlan | None,
+                   os_formula: OsFormula) -> tuple[int, _Traffic, ArrayCycles]:
+    """What the array does with the layer on the ternary design: MAC slots stepped, bytes, cycles."""
+    df = hw.array.dataflow
+    classes = fold_classes(shape, hw, plan)
+    sr, _, t = gemm_dims(shape.gemm_k, shape.gemm_n, shape.gemm_p, df)
+    # MAC slots stepped: K of each column fold * its columns * what streams past them
+    active = sum(fc.k * fc.cols_used * fc.count for fc in classes) * (sr if Dataflow.of(df) is Dataflow.OS else t)
+    traffic = ternary_traffic(shape, hw, math.ceil(active / (shape.groups * shape.gemm_n * shape.gemm_p)))
+    if cycles is None:
+        cycles = array_cycles(shape, hw, classes, os_formula, traffic.t_tile, traffic.t_tiles)
+    return active, traffic, cycles
 
 
 def baseline_traffic(shape: LayerShape, hw: Accelerator) -> _Traffic:

@@ -16,9 +16,10 @@ Note the two different N's: `gemm_n` (filters, the GEMM's N) and `group_size` (F
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import numpy as np
@@ -113,6 +114,13 @@ class LayerShape:
         return cls(name=name, batch=batch, in_channels=in_channels, in_h=h, in_w=w, out_channels=out_channels,
                    out_h=oh, out_w=ow, kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, **kwargs)
 
+    @functools.cached_property
+    def geometry(self) -> tuple:
+        """Every field but the name, the zero fraction, the non-zero mask and the weight scheme: all that the
+        array's dense schedule, cycles and bytes of the layer read (the energy also reads the zero fraction and
+        the scheme), so layers equal here time alike on one design."""
+        return tuple(getattr(self, f.name) for f in fields(self) if f.name not in _NOT_GEOMETRY)
+
     # --- GEMM view (per convolution group) -------------------------------------------------------
     @property
     def cin_per_group(self) -> int:
@@ -167,3 +175,6 @@ class LayerShape:
     @property
     def output_elements(self) -> int:
         return self.batch * self.out_channels * self.out_h * self.out_w
+
+
+_NOT_GEOMETRY = frozenset({"name", "zero_fraction", "nonzero", "weight_scheme"})
