@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tersim.sweeps as sweeps
 from tersim.cli import main
@@ -328,3 +330,74 @@ def test_timing_only_points_with_stalls_and_skip_equal_points_computed_alone(gra
         mask = np.logical_and.reduce([layers[k] == row[k] for k in keys])
         pd.testing.assert_frame_equal(layers[mask].drop(columns=list(STALLS)).reset_index(drop=True),
                                       alone.layers.reset_index(drop=True))
+
+
+VARIETY = {"array.dataflow": ["weight_stationary", "output_stationary", "input_stationary"],
+           "pe.zero_weights": ["gate", "skip"], "group_scaling.placement": ["per_column", "shared"],
+           "group_scaling.multipliers": [16], "quantization.first_last": ["int8", "ternary"],
+           "quantization.scales": ["one", "two"]}
+
+
+def test_timing_only_sweep_tables_equal_tabulate_of_each_point(graph):
+    """The batched tabulation (`tabulate_points` over the hardware points of one quantized graph, the layers
+    table built once from columns) gives exactly the tables of `tabulate` on each point alone, concatenated
+    as per-point frames (values, dtypes and column order), on dataflows, gate/skip, shared/per-column
+    multipliers, int8 or ternary first/last layers and one or two scales."""
+    from tersim.pipeline import tabulate
+    from tersim.quantize.graph import quantize_graph
+
+    swept = sweeps.run_sweep(HW, graph, [1, 4], [8], overrides=VARIETY, timing_only=True, progress=False)
+    assert len(swept.points) == 2 * 3 * 2 * 2 * 2 * 2
+    assert (swept.points.group_scale_stall_cycles > 0).any() and (swept.points.scales == "two").any()
+    expected_layers = []
+    for i, row in swept.points.iterrows():
+        combo = {k: row[k] for k in VARIETY}
+        options = RunOptions.of(group_size=int(row.group_size), act_bits=int(row.act_bits))
+        hw = options.apply(load_accelerator(HW).with_overrides(combo))
+        alone = tabulate(graph, quantize_graph(graph, [], hw), hw, samples=0, labelled=False)
+        summary = alone.summary.iloc[0]
+        pd.testing.assert_series_equal(row.drop(labels=list(VARIETY)), summary, check_names=False, check_exact=True)
+        keys = {"model": summary.model, "hw": summary.hw, **combo, "group_size": int(row.group_size),
+                "act_bits": int(row.act_bits)}
+        layers = alone.layers.rename(columns={"group_size": "effective_group_size"})
+        expected_layers.append(pd.concat([pd.DataFrame([keys] * len(layers)), layers], axis=1))
+    expected = pd.concat(expected_layers, ignore_index=True)
+    assert list(swept.layers.columns) == list(expected.columns)
+    assert (swept.layers.dtypes == expected.dtypes).all()
+    assert swept.layers.equals(expected)
+
+
+def _point(order: int, combo=()) -> sweeps.Point:
+    return sweeps.Point(4, 8, tuple(combo), None, None, f"key{order}", order)
+
+
+_KINDS = [st.integers(-2**40, 2**40), st.floats(allow_nan=True), st.text(max_size=3), st.booleans(), st.none(),
+          st.integers(0, 5).map(np.int64), st.floats(0, 1).map(np.float64)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 3), st.integers(0, 3), st.data())
+def test_layers_table_from_columns_equals_concatenated_point_frames(n_points, n_layers, data):
+    """`frames` builds the layers table once from the points' columns where that gives what concatenating the
+    points' own frames gives, and concatenates them otherwise (None, numpy scalars, mixed types, no layers):
+    either way the table equals the concatenation (the reference), dtypes included. Each point's column takes
+    its values from one kind (ints, floats, strings, bools, None, numpy scalars) or from all of them."""
+    from tersim.sweeps.report import frames
+
+    names = data.draw(st.lists(st.sampled_from(["a", "b", "group_size", "c"]), min_size=1, max_size=4, unique=True))
+    points, as_columns, as_frames = [], {}, {}
+    for i in range(n_points):
+        p = _point(i, [("array.rows", data.draw(st.sampled_from([8, 16.5, "x"])))])
+        columns = {}
+        for name in names:
+            kind = data.draw(st.sampled_from([*_KINDS, st.one_of(*_KINDS)]))
+            columns[name] = [data.draw(kind) for _ in range(n_layers)]
+        summary = {"model": "m", "hw": "h", "ternary_cycles": i}
+        points.append(p)
+        as_columns[p.key] = sweeps.PointResult(summary, columns)
+        as_frames[p.key] = sweeps.PointResult(summary, pd.DataFrame(columns))
+    got_points, got = frames(points, as_columns, ["array.rows"])
+    want_points, want = frames(points, as_frames, ["array.rows"])
+    pd.testing.assert_frame_equal(got_points, want_points)
+    assert list(got.columns) == list(want.columns) and (got.dtypes == want.dtypes).all()
+    assert got.equals(want)

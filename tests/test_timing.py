@@ -492,3 +492,30 @@ def test_dataflow_names(name, short):
     assert Dataflow.of(name).short == short
     with pytest.raises(ValueError, match="unknown dataflow"):
         Dataflow.of("row_stationary")
+
+
+# --- the per-point memo of repeated layer geometries (tabulate_points) ------------------------------------
+_GEOMETRY_CHANGES = [dict(batch=2), dict(in_channels=16, out_channels=4, groups=2), dict(in_h=6), dict(in_w=3),
+                     dict(out_channels=3), dict(out_h=4), dict(out_w=1), dict(kernel_h=3), dict(kernel_w=3),
+                     dict(stride_h=2), dict(stride_w=2), dict(groups=2), dict(weight_kind="int8", group_size=8),
+                     dict(group_size=3), dict(group_layout="kernel"), dict(scales=2),
+                     dict(weight_kind="int8", group_size=8, weight_bits=4)]
+_SAME_GEOMETRY = [dict(name="other"), dict(zero_fraction=0.5), dict(weight_kind="int8", group_size=8,
+                                                                      weight_scheme="pow2")]
+
+
+@pytest.mark.parametrize("dataflow", DATAFLOWS)
+@pytest.mark.parametrize("placement", ["per_column", "shared", "per_pe"])
+def test_layers_timed_with_one_memo_equal_layers_timed_alone(dataflow, placement):
+    """A memo shared by a model's layers on one design gives every layer its own timing: layers differing in
+    any geometry field do not share an entry (each field changed alone, in both orders), layers differing
+    only in name, zero fraction or scheme share the array's work but keep their own name, shape and energy."""
+    hw = make_hw(rows=4, cols=2, dataflow=dataflow, placement=placement, multipliers=None if placement == "per_pe" else 2)
+    shapes = [small_layer()] + [small_layer(**c) for c in _GEOMETRY_CHANGES + _SAME_GEOMETRY]
+    for order in (shapes, shapes[::-1]):
+        memo: dict = {}
+        for shape in order:
+            alone = layer_timing(shape, hw)
+            shared = layer_timing(shape, hw, memo=memo)
+            assert shared == alone and shared.name == shape.name and shared.shape is shape
+        assert len(memo) == 1 + len(_GEOMETRY_CHANGES)   # int8 pow2 shares the int8 (group_size=8) entry
