@@ -185,3 +185,31 @@ def test_int8_with_stats_equals_the_separate_calls(w):
     assert np.array_equal(alpha.view(np.int64), ref_alpha.view(np.int64))
     assert stats == fgq.weight_stats_variant(w, ref_codes, ref_alpha, w.shape[1], "channel", "one")
     assert stats == torch_stats(w.astype(np.float64), ref_codes, ref_alpha, w.shape[1])
+
+
+def test_weight_norms_are_computed_once_per_array_and_equal_the_uncached_stats(monkeypatch):
+    """fgq.WeightNorms (a sweep shares it across N): the stats with it equal the stats without it, bit for bit,
+    for every N and layout, on ternary and int8 layers; each array view (memory, shape, strides, dtype) is
+    normed once; views of other shapes or strides, and other arrays with equal shapes, get their own norm."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((6, 70, 3, 3)).astype(np.float32)
+    other = (w * 2).astype(np.float32)
+    calls = []
+    real = fgq._norm64
+    monkeypatch.setattr(fgq, "_norm64", lambda a: calls.append(a.shape) or real(a))
+    norms = fgq.WeightNorms()
+    for n in (1, 4, 16, 100):
+        for layout in ("channel", "kernel"):
+            shared = fgq.ternarize_with_stats(w, n, "exact", layout, "one", norms)[2]
+            assert shared == fgq.ternarize_with_stats(w, n, "exact", layout, "one")[2]
+    assert fgq.int8_with_stats(w, norms)[2] == fgq.int8_with_stats(w)[2]
+    calls.clear()
+    for n in (2, 8):
+        fgq.ternarize_with_stats(w, n, "exact", "channel", "one", norms)
+        fgq.ternarize_with_stats(w, n, "exact", "kernel", "one", norms)
+        fgq.int8_with_stats(w, norms)
+    assert calls == []   # every view was normed in the first round
+    for view in (other, w[:, ::2], w.transpose(1, 0, 2, 3), w.astype(np.float64)):
+        assert norms(view) == real(view)
+    assert len(calls) == 4
+    assert norms(other) != norms(w)

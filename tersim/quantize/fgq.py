@@ -248,9 +248,10 @@ def _ternarize_exact_numpy(weight: np.ndarray, group_size: int,
 
 
 def ternarize_with_stats(weight: Array, group_size: int, method: str = "exact", group_layout: str = "channel",
-                         scales: str = "one") -> tuple[Array, Array, dict[str, float]]:
+                         scales: str = "one", norms: "WeightNorms | None" = None) -> tuple[Array, Array, dict[str, float]]:
     """``ternarize_variant`` and ``weight_stats_variant`` of the result. A numpy weight with the exact method and
-    one scale is solved in one pass that also writes the residual the stats need (same bits as the two calls)."""
+    one scale is solved in one pass that also writes the residual the stats need (same bits as the two calls);
+    `norms` then gives the weight's own norm (a sweep computes it once for every N)."""
     from tersim.quantize.layout import check_layout, scale_count
 
     check_layout(group_layout)
@@ -263,18 +264,41 @@ def ternarize_with_stats(weight: Array, group_size: int, method: str = "exact", 
     codes, alpha, residual = _ternarize_exact_numpy(flat, group_size, residual=True)
     if kernel:
         codes, alpha = codes.reshape(arr.shape), alpha.reshape(arr.shape[0], -1)
-    return codes, alpha, _stats_of_residual(flat, codes, residual)
+    return codes, alpha, _stats_of_residual(flat, codes, residual, norms)
 
 
-def _stats_of_residual(weight: np.ndarray, codes: np.ndarray, residual: np.ndarray) -> dict[str, float]:
+def _stats_of_residual(weight: np.ndarray, codes: np.ndarray, residual: np.ndarray,
+                       norms: "WeightNorms | None" = None) -> dict[str, float]:
     """weight_stats from the residual w - W_q: norms in torch (its summation order, as weight_stats)."""
     if not codes.size:
         return {"sparsity": 0.0, "rel_error": 0.0}
     sparsity = float((codes.size - np.count_nonzero(codes)) / codes.size)  # no boolean copy of the codes
     err = float(torch.linalg.vector_norm(torch.from_numpy(residual)))
-    ref = float(torch.linalg.vector_norm(torch.from_numpy(np.ascontiguousarray(weight, np.float64))))
+    ref = norms(weight) if norms is not None else _norm64(weight)
     rel = 0.0 if err == 0.0 else (err / ref if ref > 0 else math.inf)
     return {"sparsity": sparsity, "rel_error": rel}
+
+
+def _norm64(weight: np.ndarray) -> float:
+    """The L2 norm of a numpy weight's float64 values, as torch sums them (weight_stats' reference norm)."""
+    return float(torch.linalg.vector_norm(torch.from_numpy(np.ascontiguousarray(weight, np.float64))))
+
+
+class WeightNorms:
+    """`_norm64` of weight arrays, each computed once while the owner keeps this object: the stats' reference
+    norm does not depend on N, so a sweep quantizing one graph at several N shares it. Keyed by the array's
+    memory, shape, strides and dtype, and holding the array (its memory cannot be reused for other values
+    meanwhile); the owner must not modify the arrays while it keeps this."""
+
+    def __init__(self) -> None:
+        self._norms: dict[tuple, tuple[np.ndarray, float]] = {}
+
+    def __call__(self, weight: np.ndarray) -> float:
+        key = (weight.__array_interface__["data"][0], weight.shape, weight.strides, weight.dtype.str)
+        hit = self._norms.get(key)
+        if hit is None:
+            hit = self._norms[key] = (weight, _norm64(weight))
+        return hit[1]
 
 
 def _codes_and_float_alpha(codes: Array, alpha: Array) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -333,12 +357,14 @@ def quantize_int8_weights(weight: Array) -> tuple[Array, Array]:
     return _out(codes, alpha, from_numpy)
 
 
-def int8_with_stats(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+def int8_with_stats(weight: np.ndarray,
+                    norms: WeightNorms | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """``quantize_int8_weights`` and ``weight_stats_variant`` of its result (group size Cin) for a non-empty numpy
-    weight: one pass writes the codes and the residual the stats need (the same bits as the two calls)."""
+    weight: one pass writes the codes and the residual the stats need (the same bits as the two calls).
+    `norms`: as for `ternarize_with_stats`."""
     arr = np.asarray(weight)
     codes, alpha, residual = _quantize_int8_numpy(arr, residual=True)
-    return codes, alpha, _stats_of_residual(_as_conv(arr), codes, residual)  # widened to float64 there, once
+    return codes, alpha, _stats_of_residual(_as_conv(arr), codes, residual, norms)  # widened to float64 there
 
 
 def _quantize_int8_numpy(arr: np.ndarray, residual: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,8 +14,8 @@ from tersim.config import Accelerator
 from tersim.frontend.float_exec import FloatOutputs, execute_float
 from tersim.frontend.ir import Graph, Node
 from tersim.quantize.activations import act_frac, act_range
-from tersim.quantize.fgq import (dequantize_variant, fixed_point_alpha, int8_with_stats, quantize_int8_weights,
-                                 ternarize_with_stats, weight_stats_variant)
+from tersim.quantize.fgq import (WeightNorms, dequantize_variant, fixed_point_alpha, int8_with_stats,
+                                 quantize_int8_weights, ternarize_with_stats, weight_stats_variant)
 from tersim.quantize.layout import scale_count
 from tersim.quantize.schemes import scheme_layer_names, scheme_weights
 
@@ -134,15 +134,17 @@ def _int8_layer_names(graph: Graph, first_last: str) -> set[str]:
 
 
 def _quantize_weights(node: Node, group_size: int, method: str, scale_bits: int, int8: bool,
-                      group_layout: str = "channel", scales: str = "one", weight: np.ndarray | None = None) -> dict:
+                      group_layout: str = "channel", scales: str = "one", weight: np.ndarray | None = None,
+                      norms: WeightNorms | None = None) -> dict:
     """Codes, float and fixed-point alphas of one layer; `weight` (default node.weight) is what gets quantized
-    (a correction may have equalized it), stats always compare with node.weight's own quantization."""
+    (a correction may have equalized it), stats always compare with node.weight's own quantization. `norms`:
+    the weights' norms (fgq.WeightNorms), shared by the N of a sweep."""
     weight = node.weight if weight is None else weight
     cin_per_group = weight.shape[1]
     if int8:
         kind, n_eff, group_layout, scales = "int8", cin_per_group, "channel", "one"
         if isinstance(weight, np.ndarray) and weight.size:
-            codes, alpha, stats = int8_with_stats(weight)
+            codes, alpha, stats = int8_with_stats(weight, norms)
         else:
             codes, alpha = quantize_int8_weights(weight)
             stats = weight_stats_variant(weight, codes, alpha, n_eff, group_layout, scales)
@@ -150,7 +152,7 @@ def _quantize_weights(node: Node, group_size: int, method: str, scale_bits: int,
         kind = "ternary"
         k_per_filter = cin_per_group * (int(np.prod(weight.shape[2:])) if group_layout == "kernel" else 1)
         n_eff = min(group_size, k_per_filter)
-        codes, alpha, stats = ternarize_with_stats(weight, n_eff, method, group_layout, scales)
+        codes, alpha, stats = ternarize_with_stats(weight, n_eff, method, group_layout, scales, norms)
     alpha_q, alpha_frac = fixed_point_alpha(alpha, scale_bits)
     n_scales = scale_count(scales)
     if node.op == "linear":
@@ -170,13 +172,16 @@ def calibration_batches(x: np.ndarray, hw: Accelerator) -> list[np.ndarray]:
     return [x[i:i + CALIBRATION_BATCH] for i in range(0, min(len(x), count * CALIBRATION_BATCH), CALIBRATION_BATCH)]
 
 
-def quantize_weights(graph: Graph, hw: Accelerator, calib: np.ndarray | None = None) -> dict[str, dict]:
+def quantize_weights(graph: Graph, hw: Accelerator, calib: np.ndarray | None = None, *,
+                     norms: WeightNorms | None = None) -> dict[str, dict]:
     """Integer weights and fixed-point alphas of every conv/linear node, by node name.
 
     They depend on N, the method, first_last, scale_bits and hw.quantization (group_layout, scales,
     correction), all read from `hw`, but not on act_bits, so a sweep computes them once per N and hands them
     to `quantize_graph(weights=...)` for every act_bits. A correction (tersim.quantize.correction) may add a
     corrected float 'bias' to a layer's entry; `calib` holds the unlabelled inputs bn_reestimate needs.
+    `norms` (fgq.WeightNorms, kept by a sweep for its N): the graph's weight norms the stats compare with,
+    computed once (equalized weights, new arrays per call, are not kept in it).
     """
     from tersim.quantize.correction import apply_correction, equalized_weights
 
@@ -193,7 +198,8 @@ def quantize_weights(graph: Graph, hw: Accelerator, calib: np.ndarray | None = N
                                                 last=node is weighted[-1])
             continue
         w = _quantize_weights(node, hw.group_scaling.group_size, q.method, hw.group_scaling.scale_bits,
-                              node.name in int8_layers, q.group_layout, q.scales, weight)
+                              node.name in int8_layers, q.group_layout, q.scales, weight,
+                              norms if weight is None else None)
         # which scheme the codes follow: FGQ ternary (2-bit codes) or the int8 first/last layers (8-bit uniform)
         ternary = w["weight_kind"] == "ternary"
         weights[node.name] = {**w, "scheme": "fgq_ternary" if ternary else "uniform", "weight_bits": 2 if ternary else 8}

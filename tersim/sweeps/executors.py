@@ -86,9 +86,11 @@ def _timing_only(graph: Graph, data: Evaluation, points: Sequence[Point]) -> lis
     executed, so no activation is calibrated either (no batches: every format has frac 0); no reported figure
     depends on the activation formats."""
     from tersim.pipeline import calibration_inputs
+    from tersim.quantize.fgq import WeightNorms
     from tersim.quantize.graph import quantize_graph, quantize_weights
 
     calibration: list[np.ndarray] = []
+    norms = WeightNorms()   # the weight stats' reference norms, the same for every N
     weights: dict[str, dict] = {}
     shared: dict[str, _Shared] = {}
     for at, p in enumerate(points):
@@ -96,7 +98,7 @@ def _timing_only(graph: Graph, data: Evaluation, points: Sequence[Point]) -> lis
         wkey, qkey = quantization_key(hw, with_act_bits=False), quantization_key(hw)
         if wkey not in weights:
             calib = calibration_inputs(hw, data.calib, None)[0]  # bn_reestimate only
-            weights[wkey] = quantize_weights(graph, hw, calib)
+            weights[wkey] = quantize_weights(graph, hw, calib, norms=norms)
         if qkey not in shared:
             shared[qkey] = _Shared(quantize_graph(graph, calibration, hw, weights=weights[wkey]))
         shared[qkey].at.append(at)
