@@ -213,3 +213,6 @@ def test_weight_norms_are_computed_once_per_array_and_equal_the_uncached_stats(m
         assert norms(view) == real(view)
     assert len(calls) == 4
     assert norms(other) != norms(w)
+    import pickle
+
+    assert pickle.loads(pickle.dumps(norms))._norms == {}   # another process: its own norms

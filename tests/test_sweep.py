@@ -401,3 +401,19 @@ def test_layers_table_from_columns_equals_concatenated_point_frames(n_points, n_
     pd.testing.assert_frame_equal(got_points, want_points)
     assert list(got.columns) == list(want.columns) and (got.dtypes == want.dtypes).all()
     assert got.equals(want)
+
+
+def test_timing_only_sweep_norms_each_weight_once_for_all_n(graph, monkeypatch):
+    """The weight stats' reference norm does not depend on N: a timing-only sweep (a task per N) computes it
+    once per layer, and its stats equal a one-point sweep's (which computes its own)."""
+    from tersim.quantize import fgq
+
+    calls = []
+    real = fgq._norm64
+    monkeypatch.setattr(fgq, "_norm64", lambda w: calls.append(w.shape) or real(w))
+    swept = sweeps.run_sweep(HW, graph, [1, 4, 16], [8, 4], timing_only=True, progress=False)
+    assert len(calls) == len(graph.weighted())
+    for n in (1, 16):
+        alone = sweeps.run_sweep(HW, graph, [n], [8], timing_only=True, progress=False).points.iloc[0]
+        row = swept.points.query(f"group_size == {n} and act_bits == 8").iloc[0]
+        assert row.weight_rel_error == alone.weight_rel_error and row.weight_sparsity == alone.weight_sparsity

@@ -288,10 +288,14 @@ class WeightNorms:
     """`_norm64` of weight arrays, each computed once while the owner keeps this object: the stats' reference
     norm does not depend on N, so a sweep quantizing one graph at several N shares it. Keyed by the array's
     memory, shape, strides and dtype, and holding the array (its memory cannot be reused for other values
-    meanwhile); the owner must not modify the arrays while it keeps this."""
+    meanwhile); the owner must not modify the arrays while it keeps this. A pickled copy (another process) starts
+    empty: the arrays' memory is not theirs there."""
 
     def __init__(self) -> None:
         self._norms: dict[tuple, tuple[np.ndarray, float]] = {}
+
+    def __reduce__(self):
+        return WeightNorms, ()
 
     def __call__(self, weight: np.ndarray) -> float:
         key = (weight.__array_interface__["data"][0], weight.shape, weight.strides, weight.dtype.str)

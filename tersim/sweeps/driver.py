@@ -97,13 +97,14 @@ def _evaluation(graph: Graph, graph_hash: str, options: RunOptions, cache_dir: s
     """The sweep's data and calibration sources and the FP32 model's outputs on the data, computed in one pass
     for all points (they do not depend on the point); the content hashes of the data (with the calibration
     data: executed points calibrate on it) and of the calibration data alone (timing-only points use it for
-    bn_reestimate only); None: none or unknown. Timing-only: the calibration source only."""
+    bn_reestimate only); None: none or unknown. Timing-only: the calibration source only (and the weight norms
+    its tasks share, see `Evaluation`)."""
     from tersim.pipeline import fp32_reference, open_source
 
     calib = None if options.calib is None else open_source(options.calib, graph, options, None)
     calib_hash = None if calib is None else calib.identity
     if timing_only:
-        return (None if calib is None else Evaluation(calib=calib)), None, calib_hash
+        return Evaluation(calib=calib), None, calib_hash
     source = open_source(options.data, graph, options, options.limit)
     data_hash = source.identity
     if data_hash is not None and calib is not None:

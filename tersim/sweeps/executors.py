@@ -15,11 +15,14 @@ from tersim.sweeps.plan import Point, Task, quantization_key
 @dataclass
 class Evaluation:
     """What every point of a sweep evaluates on: the data, the calibration data, the FP32 outputs (once).
-    Timing-only sweeps carry only `calib` (bn_reestimate points need it), or no Evaluation at all."""
+    Timing-only sweeps carry only `calib` (bn_reestimate points need it) and, once a task made them, the
+    graph's weight norms, which every N's quantization shares (a task per N: they share this object in one
+    process; a copy sent to another process starts empty)."""
 
     source: object = None     # tersim.data.DataSource (None: timing-only)
     calib: object = None      # a DataSource, or None = the first batches of `source`
     reference: object = None  # tersim.pipeline.Fp32Reference
+    norms: object = None      # tersim.quantize.fgq.WeightNorms of the sweep's graph
 
 
 def evaluate_task(graph: Graph, data: Evaluation | None, task: Task) -> list[tuple[str, PointResult]]:
@@ -90,7 +93,8 @@ def _timing_only(graph: Graph, data: Evaluation, points: Sequence[Point]) -> lis
     from tersim.quantize.graph import quantize_graph, quantize_weights
 
     calibration: list[np.ndarray] = []
-    norms = WeightNorms()   # the weight stats' reference norms, the same for every N
+    if data.norms is None:
+        data.norms = WeightNorms()   # the weight stats' reference norms, the same for every N
     weights: dict[str, dict] = {}
     shared: dict[str, _Shared] = {}
     for at, p in enumerate(points):
@@ -98,7 +102,7 @@ def _timing_only(graph: Graph, data: Evaluation, points: Sequence[Point]) -> lis
         wkey, qkey = quantization_key(hw, with_act_bits=False), quantization_key(hw)
         if wkey not in weights:
             calib = calibration_inputs(hw, data.calib, None)[0]  # bn_reestimate only
-            weights[wkey] = quantize_weights(graph, hw, calib, norms=norms)
+            weights[wkey] = quantize_weights(graph, hw, calib, norms=data.norms)
         if qkey not in shared:
             shared[qkey] = _Shared(quantize_graph(graph, calibration, hw, weights=weights[wkey]))
         shared[qkey].at.append(at)
