@@ -371,7 +371,7 @@ def _point(order: int, combo=()) -> sweeps.Point:
     return sweeps.Point(4, 8, tuple(combo), None, None, f"key{order}", order)
 
 
-_KINDS = [st.integers(-2**40, 2**40), st.floats(allow_nan=True), st.text(max_size=3), st.booleans(), st.none(),
+_KINDS = [st.integers(-2**40, 2**40), st.integers(), st.floats(allow_nan=True), st.text(max_size=3), st.booleans(), st.none(),
           st.integers(0, 5).map(np.int64), st.floats(0, 1).map(np.float64)]
 
 
@@ -381,7 +381,8 @@ def test_layers_table_from_columns_equals_concatenated_point_frames(n_points, n_
     """`frames` builds the layers table once from the points' columns where that gives what concatenating the
     points' own frames gives, and concatenates them otherwise (None, numpy scalars, mixed types, no layers):
     either way the table equals the concatenation (the reference), dtypes included. Each point's column takes
-    its values from one kind (ints, floats, strings, bools, None, numpy scalars) or from all of them."""
+    its values from one kind (ints, also beyond int64, floats, strings, bools, None, numpy scalars) or from all
+    of them."""
     from tersim.sweeps.report import frames
 
     names = data.draw(st.lists(st.sampled_from(["a", "b", "group_size", "c"]), min_size=1, max_size=4, unique=True))

@@ -80,7 +80,8 @@ def run_sweep(
                                                                 weights=options.weights)
     if progress is None:
         progress = sys.stderr.isatty() and not options.quiet
-    graph_hash = graph_digest(graph)
+    # the points' keys name cache files (and the FP32 reference's): without a cache they need not hash the weights
+    graph_hash = graph_digest(graph) if cache_dir is not None else "uncached"
     if timing_only:
         options = options.replace(limit=None)
     evaluation, data_hash, calib_hash = _evaluation(graph, graph_hash, options, cache_dir, progress, timing_only)

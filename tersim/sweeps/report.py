@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from tersim.files import safe_name
@@ -60,8 +61,22 @@ def _layers_from_columns(keyed: list[tuple[dict, PointResult]]) -> pd.DataFrame 
             columns.setdefault(k, []).extend([v] * n)
         for k, v in layer_columns.items():
             columns.setdefault(k, []).extend(v)
-    if any(set(map(type, values)) not in _UNIFORM_TYPES for values in columns.values()):
-        return None
+    for name, values in columns.items():
+        types = set(map(type, values))
+        if types not in _UNIFORM_TYPES:
+            return None
+        if str in types:
+            continue
+        # numbers as the arrays pandas infers (int64, float64, bool), without its inference pass; ints beyond
+        # int64 (uint64 or object in pandas, per point) are left to `frames`
+        if int in types:
+            ints = np.array(values if float not in types else [v for v in values if type(v) is int])
+            if ints.dtype != np.int64:
+                return None
+            if float not in types:
+                columns[name] = ints
+                continue
+        columns[name] = np.array(values, dtype=np.float64 if float in types else np.bool_)
     return pd.DataFrame(columns)
 
 
