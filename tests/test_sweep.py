@@ -371,7 +371,8 @@ def _point(order: int, combo=()) -> sweeps.Point:
     return sweeps.Point(4, 8, tuple(combo), None, None, f"key{order}", order)
 
 
-_KINDS = [st.integers(-2**40, 2**40), st.integers(), st.floats(allow_nan=True), st.text(max_size=3), st.booleans(), st.none(),
+_KINDS = [st.integers(-2**40, 2**40), st.integers(), st.floats(allow_nan=True), st.text(max_size=3), st.booleans(),
+          st.none(),
           st.integers(0, 5).map(np.int64), st.floats(0, 1).map(np.float64)]
 
 

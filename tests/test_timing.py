@@ -510,7 +510,8 @@ def test_layers_timed_with_one_memo_equal_layers_timed_alone(dataflow, placement
     """A memo shared by a model's layers on one design gives every layer its own timing: layers differing in
     any geometry field do not share an entry (each field changed alone, in both orders), layers differing
     only in name, zero fraction or scheme share the array's work but keep their own name, shape and energy."""
-    hw = make_hw(rows=4, cols=2, dataflow=dataflow, placement=placement, multipliers=None if placement == "per_pe" else 2)
+    hw = make_hw(rows=4, cols=2, dataflow=dataflow, placement=placement,
+                 multipliers=None if placement == "per_pe" else 2)
     shapes = [small_layer()] + [small_layer(**c) for c in _GEOMETRY_CHANGES + _SAME_GEOMETRY]
     for order in (shapes, shapes[::-1]):
         memo: dict = {}

@@ -248,7 +248,8 @@ def _ternarize_exact_numpy(weight: np.ndarray, group_size: int,
 
 
 def ternarize_with_stats(weight: Array, group_size: int, method: str = "exact", group_layout: str = "channel",
-                         scales: str = "one", norms: "WeightNorms | None" = None) -> tuple[Array, Array, dict[str, float]]:
+                         scales: str = "one",
+                         norms: "WeightNorms | None" = None) -> tuple[Array, Array, dict[str, float]]:
     """``ternarize_variant`` and ``weight_stats_variant`` of the result. A numpy weight with the exact method and
     one scale is solved in one pass that also writes the residual the stats need (same bits as the two calls);
     `norms` then gives the weight's own norm (a sweep computes it once for every N)."""
