@@ -218,3 +218,20 @@ def test_cached_calls_follow_x_max_strategy_and_arguments(monkeypatch, vnni, str
             ref, ev_ref = conv_ref(xi, codes, alpha, bias, **args)
             np.testing.assert_array_equal(y, np.asarray(ref))
             assert ev == int(ev_ref)
+
+
+def test_lru_cache_keeps_the_most_recently_used_entries():
+    from tersim.kernels.common import LruCache
+
+    cache = LruCache(2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1          # a is now the most recent
+    cache.put("c", 3)                   # evicts b, the least recently used
+    assert "b" not in cache and cache.get("b") is None
+    assert cache.get("a") == 1 and cache.get("c") == 3 and len(cache) == 2
+    cache.put("a", 4)                   # an update is a use: c goes next
+    cache.put("d", 5)
+    assert "c" not in cache and list(cache.values()) == [4, 5]
+    cache.clear()
+    assert len(cache) == 0

@@ -6,7 +6,9 @@ implemented independently in each backend.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any, Hashable
 
 import numpy as np
 
@@ -16,6 +18,40 @@ from tersim.quantize.layout import check_layout, groups_per_filter, scale_count
 MAX_ACC_BITS = 48
 # Products psum * alpha plus an accumulator of <= 48 bits must stay far from int64 overflow.
 PRODUCT_LIMIT = 2**62 - 2**MAX_ACC_BITS
+
+
+class LruCache:
+    """The `size` most recently used entries of a memo (plans, keys, index arrays): a reading or a writing is
+    a use; the least recently used entry goes when a new one would exceed `size`."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable) -> Any:
+        """The entry of `key` (now the most recent), or None."""
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def values(self):
+        return self._entries.values()
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 def _pair(v, name: str) -> tuple[int, int]:

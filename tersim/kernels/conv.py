@@ -29,14 +29,13 @@ layer's) are hashed once per array object; writeable ones on every call.
 from __future__ import annotations
 
 import weakref
-from collections import OrderedDict
 
 import numpy as np
 from numba import njit, prange
 
 from tersim.kernels import simd
 from tersim.kernels.arith import shift_round_clamp
-from tersim.kernels.common import ConvSpec, check_conv, check_linear, linear_alpha_as_conv, max_abs
+from tersim.kernels.common import ConvSpec, LruCache, check_conv, check_linear, linear_alpha_as_conv, max_abs
 from tersim.kernels.grouped import conv2d_grouped
 
 TILE_TARGET = 4096  # grid elements per work item: accumulators and psums stay in L1/L2
@@ -363,7 +362,7 @@ def _frozen_root(a: np.ndarray) -> np.ndarray | None:
     return root
 
 
-_identity_keys: OrderedDict[tuple, tuple] = OrderedDict()
+_identity_keys = LruCache(4 * PLAN_CACHE_SIZE)
 
 
 def _content_key(a: np.ndarray) -> tuple:
@@ -376,34 +375,26 @@ def _content_key(a: np.ndarray) -> tuple:
     ident = (id(root), a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str)
     hit = _identity_keys.get(ident)
     if hit is not None and hit[0]() is root:  # a dead weakref (id reused by a new object) is a miss
-        _identity_keys.move_to_end(ident)
         return hit[1]
     key = _fingerprint_key(a)
-    _identity_keys[ident] = (weakref.ref(root), key)
-    while len(_identity_keys) > 4 * PLAN_CACHE_SIZE:
-        _identity_keys.popitem(last=False)
+    _identity_keys.put(ident, (weakref.ref(root), key))
     return key
 
 
-_plan_cache: OrderedDict[tuple, dict] = OrderedDict()
-_weight_max_cache: OrderedDict[tuple, tuple[int, int]] = OrderedDict()
+_plan_cache = LruCache(PLAN_CACHE_SIZE)
+_weight_max_cache = LruCache(PLAN_CACHE_SIZE)
 
 
 def _weight_keys(codes, alpha_q) -> tuple[tuple, tuple[int, int] | None]:
     """Content keys of (codes, alpha_q) and their remembered (max|codes|, max|alpha_q|), if seen before:
     the argument checks then skip two scans of the weights per call."""
     wkey = (_content_key(np.asarray(codes)), _content_key(np.asarray(alpha_q)))
-    known = _weight_max_cache.get(wkey)
-    if known is not None:
-        _weight_max_cache.move_to_end(wkey)
-    return wkey, known
+    return wkey, _weight_max_cache.get(wkey)
 
 
 def _remember_weight_max(wkey: tuple, codes: np.ndarray, alpha_q: np.ndarray) -> None:
     if wkey not in _weight_max_cache:
-        _weight_max_cache[wkey] = (max_abs(codes), max_abs(alpha_q))
-        while len(_weight_max_cache) > PLAN_CACHE_SIZE:
-            _weight_max_cache.popitem(last=False)
+        _weight_max_cache.put(wkey, (max_abs(codes), max_abs(alpha_q)))
 
 
 def _weight_plan(codes4: np.ndarray, alpha4: np.ndarray, group_size: int, wkey: tuple | None = None) -> dict:
@@ -420,11 +411,7 @@ def _weight_plan(codes4: np.ndarray, alpha4: np.ndarray, group_size: int, wkey: 
         if wmax.size and wmax.max() < 2**15:  # the usual case: int16 holds every folded weight, half the memory
             weff = weff.astype(np.int16)
         plan = {"S": S, "weff": weff, "wmax": wmax, "source": (codes4, alpha4, int(group_size)), "key": key}
-        _plan_cache[key] = plan
-        while len(_plan_cache) > PLAN_CACHE_SIZE:
-            _plan_cache.popitem(last=False)
-    else:
-        _plan_cache.move_to_end(key)
+        _plan_cache.put(key, plan)
     return plan
 
 
@@ -536,7 +523,7 @@ class _ConvCall:
         self.roots = roots  # weakrefs of the weights' frozen roots: a hit must see the very same arrays
 
 
-_call_cache: OrderedDict[tuple, _ConvCall] = OrderedDict()
+_call_cache = LruCache(4 * PLAN_CACHE_SIZE)
 
 
 def _call_key(x, codes, alpha_q, bias_q, args: tuple, x_max: int | None) -> tuple[tuple | None, tuple, int | None]:
@@ -566,8 +553,6 @@ def _cached_call(key: tuple | None, roots: tuple) -> tuple[_ConvCall | None, dic
     plan = _plan_cache.get(call.plan_key)
     if plan is None:  # the plan was evicted: plan again
         return None, None
-    _call_cache.move_to_end(key)
-    _plan_cache.move_to_end(call.plan_key)
     return call, plan
 
 
@@ -617,9 +602,7 @@ def conv2d_int(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q: np
         call, plan, (x, codes, alpha_q, bias_q) = _plan_call(x, codes, alpha_q, bias_q, *args, xmax)
         if key is not None and plan is not None:
             call.roots = tuple(weakref.ref(r) for r in roots)
-            _call_cache[key] = call
-            while len(_call_cache) > 4 * PLAN_CACHE_SIZE:
-                _call_cache.popitem(last=False)
+            _call_cache.put(key, call)
     spec = call.spec
     if not spec.is_default_variant:
         return conv2d_grouped(x, codes, alpha_q, bias_q, spec, saturate, shift)

@@ -27,8 +27,6 @@ kernels otherwise.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
@@ -37,6 +35,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from tersim.kernels.arith import INT32_MAX, INT32_MIN, shift_round_clamp
+from tersim.kernels.common import LruCache
 
 CB = 2                 # zmm vectors of 16 output channels per tile
 LANES = 16 * CB        # output channels per tile
@@ -382,8 +381,8 @@ def conv2d_vnni_kernel(xq, wp, bias32, use, rowmask, bases, outs, runs, run_len,
                         yo[outs[p0 + p]] = acc[p * LANES + lane]
 
 
-_geometry_cache: OrderedDict[tuple, tuple] = OrderedDict()
 GEOMETRY_CACHE_SIZE = 256
+_geometry_cache = LruCache(GEOMETRY_CACHE_SIZE)
 
 
 def _tile_geometry(B, Cout, OH, OW, Hp, Wp, c2, kh, kw, stride, dilation) -> tuple:
@@ -392,7 +391,6 @@ def _tile_geometry(B, Cout, OH, OW, Hp, Wp, c2, kh, kw, stride, dilation) -> tup
     key = (B, Cout, OH, OW, Hp, Wp, c2, kh, kw, stride, dilation)
     geometry = _geometry_cache.get(key)
     if geometry is not None:
-        _geometry_cache.move_to_end(key)
         return geometry
     (sh, sw), (dh, dw) = stride, dilation
     b, oy, ox = np.meshgrid(np.arange(B), np.arange(OH), np.arange(OW), indexing="ij")
@@ -408,9 +406,7 @@ def _tile_geometry(B, Cout, OH, OW, Hp, Wp, c2, kh, kw, stride, dilation) -> tup
     for a in (bases, outs, runs):
         a.flags.writeable = False
     geometry = (bases, outs, runs, run_len)
-    _geometry_cache[key] = geometry
-    while len(_geometry_cache) > GEOMETRY_CACHE_SIZE:
-        _geometry_cache.popitem(last=False)
+    _geometry_cache.put(key, geometry)
     return geometry
 
 
