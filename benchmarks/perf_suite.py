@@ -9,9 +9,10 @@ peak memory, sweep throughput. Every row is measured in this process (or a child
   alphas and per-layer statistics), median of --repeats, for N = 4.
 * run rows: `python -m tersim run hw_configs/default.yaml resnet50` as a child process (wall time from
   start to exit, peak RSS of that child alone: its VmHWM at exit; os.wait4's ru_maxrss would also count
-  this process, whose memory the child's fork carried before exec), twice on a fresh temporary graph cache
-  ($TERSIM_CACHE_DIR): cold (the child lowers ResNet-50 with torch.export and caches it), then warm (the
-  lowered graph read from the cache, as every later run of the model). The target applies to the warm run.
+  this process, whose memory the child's fork carried before exec), on a fresh temporary graph cache
+  ($TERSIM_CACHE_DIR): once cold (the child lowers ResNet-50 with torch.export and caches it), then WARM_RUNS
+  times warm (the lowered graph read from the cache, as every later run of the model). The target applies to
+  the warm runs' median (one run moves by seconds on a shared VM; their range is printed too).
 * sweep row: ResNet-50 timing-only sweep, 3 group sizes x 27 hardware points (array rows x cols x
   dataflow), serial, no point cache; the model is loaded before the clock starts.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -101,15 +103,22 @@ def _run_child(cache_dir: str) -> tuple[float, float]:
     return wall, peak_kib * 1024 / 1e9
 
 
+WARM_RUNS = 3
+
+
 def run_rows() -> list[tuple]:
-    """Two children on one fresh graph cache: the first lowers ResNet-50 (torch.export) and fills the cache
-    (cold), the second reads it (warm: what every later run of the model pays). The target is the warm run's."""
+    """Children on one fresh graph cache: the first lowers ResNet-50 (torch.export) and fills the cache (cold),
+    the next WARM_RUNS read it (warm: what every later run of the model pays). The target is the warm median's
+    (wall; peak RSS: the largest of the warm runs)."""
     label = "`tersim run hw_configs/default.yaml resnet50` (16 samples, engine timing)"
     with tempfile.TemporaryDirectory() as cache_dir:
         cold = _run_child(cache_dir)
-        warm = _run_child(cache_dir)
-    return [(f"{label}, warm graph cache", f"{warm[0]:.1f} s wall, {warm[1]:.2f} GB peak RSS", "<= 8 s, <= 1 GB",
-             warm[0] <= 8 and warm[1] <= 1),
+        warms = [_run_child(cache_dir) for _ in range(WARM_RUNS)]
+    walls = sorted(w[0] for w in warms)
+    wall, peak = statistics.median(walls), max(w[1] for w in warms)
+    return [(f"{label}, warm graph cache, median of {WARM_RUNS}",
+             f"{wall:.1f} s wall ({walls[0]:.1f}-{walls[-1]:.1f}), {peak:.2f} GB peak RSS", "<= 8 s, <= 1 GB",
+             wall <= 8 and peak <= 1),
             (f"{label}, cold graph cache (first run: torch.export)", f"{cold[0]:.1f} s wall, {cold[1]:.2f} GB peak RSS",
              "(no target)", None)]
 
@@ -166,7 +175,7 @@ def main() -> None:
              f"# load average (1/5/15 min) before {'/'.join(f'{v:.1f}' for v in load_before)}, "
              f"after {'/'.join(f'{v:.1f}' for v in load_after)} (shared machine: other jobs ran alongside)",
              f"# exec and fgq rows: medians of {args.repeats} interleaved repeats; sweep row: median of "
-             f"{max(1, args.repeats // 3)}; run rows: one child process each, on a fresh graph cache (cold, then warm)",
+             f"{max(1, args.repeats // 3)}; run rows: child processes on a fresh graph cache (1 cold, then {WARM_RUNS} warm)",
              ""]
     width = max(len(r[0]) for r in rows) if rows else 10
     vwidth = max(len(r[1]) for r in rows) if rows else 10
