@@ -26,6 +26,7 @@ def test_tensor_used_twice_by_one_node_and_again_later():
     torch.manual_seed(0)
     graph = lower_module(SelfAdd(), torch.randn(2, 3, 6, 6), "selfadd")
     assert any(n.op == "add" and len(set(n.inputs)) == 1 for n in graph.nodes)
+    assert graph.consumer_counts() == {n.name: len(graph.consumers(n.name)) for n in graph.nodes}
     x = np.random.default_rng(0).standard_normal((3, 3, 6, 6)).astype(np.float32)
     every = execute_float(graph, x, dtype=np.float32, return_all=True)
     np.testing.assert_array_equal(execute_float(graph, x, dtype=np.float32), every[graph.output])

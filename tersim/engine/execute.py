@@ -98,10 +98,7 @@ def execute(qgraph: QuantizedGraph, x: np.ndarray, backend: ModuleType | None = 
     values: dict[str, np.ndarray] = {graph.input.name: quantize_input(qgraph, x)}
     bounds = {graph.input.name: _value_bound(qgraph.layers[graph.input.name], [])}  # spares each conv a scan of x
     overflow: dict[str, int] = {}
-    remaining_uses = dict.fromkeys((n.name for n in graph.nodes), 0)  # consumers per node, one pass over the graph
-    for n in graph.nodes:
-        for i in set(n.inputs):
-            remaining_uses[i] += 1
+    remaining_uses = graph.consumer_counts()
     for node in graph.nodes[1:]:
         layer = qgraph.layers[node.name]
         ins = [values[i] for i in node.inputs]

@@ -93,8 +93,9 @@ _ALLOCATING = {"conv2d", "linear", "relu", "clamp", "max_pool2d", "avg_pool2d", 
                "concat"}
 
 
-def _reusable_view(node: Node, remaining_uses: dict[str, int], owned: set[str], output: str) -> bool:
-    """A flatten (a view of its input) is as writable as its input when it is that input's last reader."""
+def _last_reader_of_owned(node: Node, remaining_uses: dict[str, int], owned: set[str], output: str) -> bool:
+    """Is `node` the last reader of its first input, an activation this execution allocated (not the output)?
+    A flatten (a view of its input) is then as writable as its input."""
     first = node.inputs[0]
     return first in owned and first != output and remaining_uses[first] == 1
 
@@ -106,7 +107,7 @@ def _reusable_input(node: Node, values: dict[str, torch.Tensor], remaining_uses:
     if node.op not in IN_PLACE or not node.inputs:
         return False
     first = node.inputs[0]
-    if first not in owned or first == output or remaining_uses[first] != 1 or node.inputs.count(first) != 1:
+    if not _last_reader_of_owned(node, remaining_uses, owned, output) or node.inputs.count(first) != 1:
         return False
     if node.op == "add":
         a, b = values[first], values[node.inputs[1]]
@@ -129,7 +130,7 @@ def execute_float(graph: Graph, x: np.ndarray, dtype=np.float64, return_all: boo
     if tuple(x.shape[1:]) != tuple(graph.input_shape):
         raise ValueError(f"{graph.name}: input batch shape {x.shape} does not match (N, *{graph.input_shape})")
     values: dict[str, torch.Tensor] = {}
-    remaining_uses = {n.name: len(graph.consumers(n.name)) for n in graph.nodes}
+    remaining_uses = graph.consumer_counts()
     owned: set[str] = set()   # activations this call allocated (never the caller's input or a weight)
     with torch.no_grad():
         for node in graph.nodes:
@@ -144,8 +145,8 @@ def execute_float(graph: Graph, x: np.ndarray, dtype=np.float64, return_all: boo
                 in_place = not return_all and _reusable_input(node, values, remaining_uses, owned, graph.output)
                 op = IN_PLACE[node.op] if in_place else OPS[node.op]
                 values[node.name] = op(node, [values[i] for i in node.inputs], params)
-                if node.op in _ALLOCATING or (node.op == "flatten" and _reusable_view(node, remaining_uses, owned,
-                                                                                       graph.output)):
+                if node.op in _ALLOCATING or (node.op == "flatten" and _last_reader_of_owned(node, remaining_uses,
+                                                                                              owned, graph.output)):
                     owned.add(node.name)
             if each is not None:
                 each(node.name, values[node.name].numpy())

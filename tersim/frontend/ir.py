@@ -74,5 +74,14 @@ class Graph:
     def consumers(self, name: str) -> list[Node]:
         return [n for n in self.nodes if name in n.inputs]
 
+    def consumer_counts(self) -> dict[str, int]:
+        """len(consumers(name)) of every node, in one pass (a node reading a tensor twice counts once): what
+        the executors count down to free a tensor after its last reader."""
+        counts = dict.fromkeys((n.name for n in self.nodes), 0)
+        for n in self.nodes:
+            for i in set(n.inputs):
+                counts[i] += 1
+        return counts
+
     def weighted(self) -> list[Node]:
         return [n for n in self.nodes if n.op in WEIGHTED_OPS]
