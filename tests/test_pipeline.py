@@ -1,13 +1,17 @@
 """End to end: model file + hw YAML -> quantized graph -> engine -> report, through the API and the CLI."""
 from __future__ import annotations
 
+import gc
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from conftest import HW
+from conftest import DATA, HW, MODEL, ROOT
 from naive import randomize_bn
 from tersim.cli import main
 from tersim.config import Accelerator
@@ -153,6 +157,24 @@ def test_cli_verify_passes(residual_files, capsys):
     _, model_path, data = residual_files
     assert main(["verify", str(HW), str(model_path), "--data", str(data)]) == 0
     assert "PASS" in capsys.readouterr().out
+
+
+def test_cli_freezes_the_imports_of_a_fresh_process_only(residual_files, capsys):
+    """A fresh process imports the pipeline with the collector paused and freezes it (collector on again after);
+    a process that imported torch itself keeps its collector exactly as it was."""
+    code = ("import gc, sys; from tersim.cli import main; "
+            f"assert main(['verify', {str(HW)!r}, {str(MODEL)!r}, '--data', {str(DATA)!r}, '--limit', '8']) == 0; "
+            "print('frozen', gc.get_freeze_count(), gc.isenabled(), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    _, frozen, enabled = proc.stderr.strip().splitlines()[-1].split()
+    assert int(frozen) > 10_000 and enabled == "True"
+
+    _, model_path, data = residual_files
+    before = gc.get_freeze_count()
+    assert main(["verify", str(HW), str(model_path), "--data", str(data)]) == 0
+    assert gc.get_freeze_count() == before and gc.isenabled()
+    capsys.readouterr()
 
 
 def test_cli_errors_are_one_line_and_write_nothing(residual_files, tmp_path, capsys):
