@@ -421,10 +421,77 @@ def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, 
     T tile side by side (`_segments`), and these items are dealt round-robin to one worker per Numba thread;
     a worker allocates its registers, FIFOs and accumulators once and reuses them for each of its items (no
     allocation per item), and counts into its own row; the rows are summed at the end (integers: the serial
-    loop's totals).
+    loop's totals). At one Numba thread (the calling thread's count: Numba's is per thread) the single worker
+    runs without a parallel launch and without the GIL (`_stream_gemm_serial`), so callers may step
+    independent GEMMs on several Python threads at once.
     """
+    threads = get_num_threads()
+    if threads == 1:
+        return _stream_gemm_serial(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi,
+                                   wrap, kind, rate, out, psum_proto, alpha_neg)
     return _stream_gemm_on_workers(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi,
-                                   wrap, kind, rate, out, psum_proto, get_num_threads(), alpha_neg)
+                                   wrap, kind, rate, out, psum_proto, threads, alpha_neg)
+
+
+@njit(cache=True, nogil=True)
+def _stream_items(stat_src, strm, ends_k, rows, cols, t_tile, n_in_time, n_scale, rate, kind, threads):
+    """(segments, items) of run_stream_gemm on `threads` workers: column folds side by side per item
+    (`_segments`), items = segment groups x T tiles."""
+    n_tiles = (strm.shape[1] + t_tile - 1) // t_tile
+    n_folds = (stat_src.shape[0] + cols - 1) // cols
+    segments = _segments(ends_k, rows, cols, n_folds, n_tiles, n_in_time, n_scale, rate, kind, threads)
+    return segments, (n_folds + segments - 1) // segments * n_tiles
+
+
+@njit(cache=True, nogil=True)
+def _stream_worker(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi, wrap, kind, rate,
+                   out, psum_proto, alpha_neg, segments, n_items, w, n_workers, stats):
+    """Worker w of n_workers: items w, w + n_workers, ... of run_stream_gemm on its own scratch (allocated
+    once), counters added to stats."""
+    S = stat_src.shape[0]
+    T = strm.shape[1]
+    width = cols + 1
+    tile = min(t_tile, T)
+    slots = tile + cols - 1
+    n_tiles = (T + t_tile - 1) // t_tile
+    line = segments * width
+    n = (rows + 1) * line
+    reg = np.zeros(n, stat_src.dtype)
+    act = np.zeros(n, strm.dtype)
+    nact = np.zeros(n, strm.dtype)
+    ps = np.zeros(n, psum_proto.dtype)
+    nps = np.zeros(n, psum_proto.dtype)
+    ports = np.zeros((tile + rows + cols - 2, rows), strm.dtype)
+    acc = np.zeros((slots, line), out.dtype)
+    carry_in = np.zeros((slots, line), psum_proto.dtype)
+    carry_out = np.zeros((slots, line), psum_proto.dtype)
+    scale = np.zeros((rows, slots + width if n_in_time else line), alpha.dtype)
+    scale_neg = _zeros_like_if(alpha_neg, scale)
+    occ = np.zeros(cols if kind == QUEUE_PER_COLUMN else 1, np.int64)
+    arrivals = np.zeros(cols, np.int64)
+    s0 = np.zeros(segments, np.int64)
+    su = np.zeros(segments, np.int64)
+    for item in range(w, n_items, n_workers):
+        group, t0 = item // n_tiles, item % n_tiles * t_tile
+        for m in range(segments):
+            s0[m] = min((group * segments + m) * cols, S)
+            su[m] = min(cols, S - s0[m])
+        _stream_tile(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, lo, hi, wrap, kind, rate, out,
+                     alpha_neg, s0, su, t0, min(t_tile, T - t0), cols, reg, act, nact, ps, nps, ports, acc,
+                     carry_in, carry_out, scale, scale_neg, occ, arrivals, stats)
+
+
+@njit(cache=True, nogil=True)
+def _stream_gemm_serial(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi, wrap,
+                        kind, rate, out, psum_proto, alpha_neg=None):
+    """run_stream_gemm on one worker: no parallel launch (whose wake-up and barrier cost more than they save
+    when the other core is busy) and no GIL held."""
+    segments, n_items = _stream_items(stat_src, strm, ends_k, rows, cols, t_tile, n_in_time, _scale_count(alpha_neg),
+                                      rate, kind, 1)
+    stats = np.zeros(N_COUNTERS, np.int64)
+    _stream_worker(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi, wrap, kind, rate,
+                   out, psum_proto, alpha_neg, segments, n_items, 0, 1, stats)
+    return stats
 
 
 @njit(cache=True, parallel=True)
@@ -432,45 +499,13 @@ def _stream_gemm_on_workers(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time
                             kind, rate, out, psum_proto, threads, alpha_neg=None):
     """run_stream_gemm on min(threads, items) workers (threads: Numba's current count, read outside the kernel so
     the kernel stays cacheable)."""
-    S, K = stat_src.shape
-    T = strm.shape[1]
-    width = cols + 1
-    tile = min(t_tile, T)
-    slots = tile + cols - 1
-    n_tiles = (T + t_tile - 1) // t_tile
-    n_folds = (S + cols - 1) // cols
-    segments = _segments(ends_k, rows, cols, n_folds, n_tiles, n_in_time, _scale_count(alpha_neg), rate, kind,
-                         threads)
-    line = segments * width
-    n = (rows + 1) * line
-    n_groups = (n_folds + segments - 1) // segments
-    n_items = n_groups * n_tiles
+    segments, n_items = _stream_items(stat_src, strm, ends_k, rows, cols, t_tile, n_in_time, _scale_count(alpha_neg),
+                                      rate, kind, threads)
     n_workers = min(threads, n_items)
     per_worker = np.zeros((n_workers, N_COUNTERS), np.int64)
     for w in prange(n_workers):
-        reg = np.zeros(n, stat_src.dtype)
-        act = np.zeros(n, strm.dtype)
-        nact = np.zeros(n, strm.dtype)
-        ps = np.zeros(n, psum_proto.dtype)
-        nps = np.zeros(n, psum_proto.dtype)
-        ports = np.zeros((tile + rows + cols - 2, rows), strm.dtype)
-        acc = np.zeros((slots, line), out.dtype)
-        carry_in = np.zeros((slots, line), psum_proto.dtype)
-        carry_out = np.zeros((slots, line), psum_proto.dtype)
-        scale = np.zeros((rows, slots + width if n_in_time else line), alpha.dtype)
-        scale_neg = _zeros_like_if(alpha_neg, scale)
-        occ = np.zeros(cols if kind == QUEUE_PER_COLUMN else 1, np.int64)
-        arrivals = np.zeros(cols, np.int64)
-        s0 = np.zeros(segments, np.int64)
-        su = np.zeros(segments, np.int64)
-        for item in range(w, n_items, n_workers):
-            group, t0 = item // n_tiles, item % n_tiles * t_tile
-            for m in range(segments):
-                s0[m] = min((group * segments + m) * cols, S)
-                su[m] = min(cols, S - s0[m])
-            _stream_tile(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, lo, hi, wrap, kind, rate, out,
-                         alpha_neg, s0, su, t0, min(t_tile, T - t0), cols, reg, act, nact, ps, nps, ports, acc,
-                         carry_in, carry_out, scale, scale_neg, occ, arrivals, per_worker[w])
+        _stream_worker(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, cols, t_tile, lo, hi, wrap, kind,
+                       rate, out, psum_proto, alpha_neg, segments, n_items, w, n_workers, per_worker[w])
     stats = np.zeros(N_COUNTERS, np.int64)
     for w in range(n_workers):
         stats += per_worker[w]
@@ -540,7 +575,7 @@ def os_fold(xports, wports, K, pu, nu, scaled, live, act, nact, wreg, nwreg, ps,
     return n_cycles, events
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def run_os_gemm(x, w, ends_k, gidx, alpha, bias, rows, cols, paper, lo, hi, wrap, kind, rate, out, psum_proto,
                 alpha_neg=None):
     """os: x (P, K) on rows, w (N, K) on columns, K in time; out (P, N). `paper`: outputs drain down the
