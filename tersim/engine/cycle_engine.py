@@ -19,6 +19,7 @@ checking a stepped network against the integer kernels and the closed forms is t
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,9 @@ from tersim.timing.schedule import ArrayCycles, Dataflow, OsFormula, SkipPlan, g
 from tersim.timing.shapes import LayerShape
 
 FLOAT_LIMIT = 2**62  # "accumulator range" of the float baseline: never reached, no clamping
+# tersim.timing memoises schedules in plain dicts (evicted by clearing): threads that step layers at once
+# (tersim.engine.checks) consult it one at a time. Its calls are short; the stepping runs outside the lock.
+SCHEDULE_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -161,10 +165,11 @@ def conv2d_engine(x: np.ndarray, codes: np.ndarray, alpha_q: np.ndarray, bias_q:
     wcol = np.ascontiguousarray(pack_two_scale_codes(wk) if two else wk, dtype)
     alpha = np.asarray(alpha_q, np.int64).reshape(spec.Cout, -1, spec.scales)
     alpha_neg = np.ascontiguousarray(alpha[:, :, 1]) if two else None
+    with SCHEDULE_LOCK:
+        t_tile, plan = ternary_traffic(shape, hw).t_tile, skip_plan(shape, hw, os_formula)
     acc, counters = _run_gemms(xcol, wcol, ends, gidx, np.ascontiguousarray(alpha[:, :, 0]),
-                               np.asarray(bias_q, np.int64), rows, cols, df, os_formula,
-                               ternary_traffic(shape, hw).t_tile, spec.acc_lo, spec.acc_hi, not saturate, _queue(hw),
-                               np.int64, dtype, skip_plan(shape, hw, os_formula), shape, alpha_neg)
+                               np.asarray(bias_q, np.int64), rows, cols, df, os_formula, t_tile, spec.acc_lo,
+                               spec.acc_hi, not saturate, _queue(hw), np.int64, dtype, plan, shape, alpha_neg)
     acc = acc.reshape(spec.groups, spec.B, spec.OH, spec.OW, spec.cout_g).transpose(1, 0, 4, 2, 3)
     y = requantize_int(acc.reshape(spec.B, spec.Cout, spec.OH, spec.OW), shift=shift, out_lo=out_lo, out_hi=out_hi)
     return EngineResult(y, counters.overflow_events, _cycles(counters), counters, counters.stepped,
