@@ -373,8 +373,11 @@ def evaluate(hw: Accelerator | str | Path, model: Graph | str | Path, options: R
 
 
 def _simulate(graph: Graph, qgraph: QuantizedGraph, hw: Accelerator, x: np.ndarray) -> dict[str, LayerSimulation]:
-    """Cycle-stepped timings of every weighted layer (first sample), checked against the references."""
-    shapes = {name: layer_shape(graph, layer) for name, layer in qgraph.layers.items() if layer.weight_kind}
+    """Cycle-stepped timings of every weighted layer (first sample), checked against the references. The shapes'
+    non-zero masks only `zero_weights: skip` reads (as in tabulate_points)."""
+    skip = hw.pe.zero_weights == "skip"
+    shapes = {name: layer_shape(graph, layer, nonzero=skip) for name, layer in qgraph.layers.items()
+              if layer.weight_kind}
     return simulate_checked(qgraph, hw, x, shapes)
 
 
