@@ -117,3 +117,12 @@ def test_map_layers_order_threads_and_costs():
     ok = [c if i not in (1, 3) else 0 for i, c in enumerate(costs)]
     assert _at(TWO, checks._map_layers, lambda i: -i, list(range(5)), ok) == [0, -1, -2, -3, -4]
     assert _at(1, checks._map_layers, lambda i: -i, list(range(5)), ok) == [0, -1, -2, -3, -4]
+
+
+def test_workqueue_layer_steps_in_the_calling_thread(monkeypatch):
+    """The workqueue threading layer aborts on concurrent parallel launches: the layers then step serially."""
+    where = []
+    monkeypatch.setattr(checks, "threading_layer", lambda: "workqueue")
+    assert _at(TWO, checks._map_layers, lambda i: where.append(threading.current_thread()) or i, [0, 1, 2],
+               [1, 2, 3]) == [0, 1, 2]
+    assert set(where) == {threading.current_thread()}

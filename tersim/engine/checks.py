@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from numba import get_num_threads, set_num_threads
+from numba import get_num_threads, set_num_threads, threading_layer
 
 from tersim.config import Accelerator
 from tersim.engine.cycle_engine import SCHEDULE_LOCK, step_layer
@@ -37,6 +37,16 @@ def _stepped_layers(qgraph: QuantizedGraph):
             if layer.weight_kind is not None and not layer.is_fused_away]
 
 
+def _concurrent_launches_safe() -> bool:
+    """May two Python threads launch Numba parallel kernels at once (the argument checks and requantization do,
+    at one thread each)? Not on the workqueue layer (it aborts), nor before a layer is chosen (no parallel kernel
+    ran yet)."""
+    try:
+        return threading_layer() != "workqueue"
+    except ValueError:
+        return False
+
+
 @contextmanager
 def _one_numba_thread_here():
     """This thread's Numba kernels on one thread for the block (the count is per thread: others keep theirs)."""
@@ -59,7 +69,7 @@ def _map_layers(step: Callable, items: Sequence, costs: Sequence[float]) -> list
     start first (longest processing time first: no big layer is left for the end). Results are gathered in
     `items` order, so the exception raised is the first item's in that order, as in the serial loop; the
     items not yet started then are dropped."""
-    workers = min(get_num_threads(), len(items))
+    workers = min(get_num_threads(), len(items)) if _concurrent_launches_safe() else 1
     if workers <= 1:
         return [step(item) for item in items]
     with ThreadPoolExecutor(workers, thread_name_prefix="tersim-step", initializer=set_num_threads,
