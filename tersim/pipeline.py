@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -122,7 +125,13 @@ def prepare(hw: Accelerator | str | Path, model: Graph | str | Path, options: Ru
     Dataset or DataLoader, or a DataSource; None = standard-normal inputs (no accuracy). `calib` (separate
     from the evaluation data) is also what `quantization.correction: bn_reestimate` re-estimates BN
     statistics on; it must then differ from the evaluation data (see `calibration_inputs`)."""
-    options = RunOptions.of(options, **changes)
+    return _prepare(hw, model, RunOptions.of(options, **changes))
+
+
+def _prepare(hw: Accelerator | str | Path, model: Graph | str | Path, options: RunOptions,
+             before_quantize: Callable[[Graph, DataSource, FloatOutputs | None], None] | None = None) -> Prepared:
+    """`prepare`; `before_quantize(graph, source, float_outputs)` is called once the FP32 outputs calibration
+    computes are in `float_outputs` and before the weights are quantized (`evaluate` starts its FP32 pass there)."""
     if not isinstance(hw, Accelerator):
         hw = load_accelerator(hw)
     hw = options.apply(hw)
@@ -139,6 +148,9 @@ def prepare(hw: Accelerator | str | Path, model: Graph | str | Path, options: Ru
     if max_abs is None and hw.quantization.correction == "none" and calibration:   # the FP32 network's: reusable
         max_abs = reuse("ranges", graph, np.concatenate(calibration),
                         lambda: calibrate_max_abs(graph, calibration, float_outputs))
+    # float_outputs is final here: quantize_graph only calibrates (on the corrected network) without filling it
+    if before_quantize is not None:
+        before_quantize(graph, source, float_outputs)
     return Prepared(hw, graph, source,
                     quantize_graph(graph, calibration, hw, calib=calib_x, calibration_split=split, max_abs=max_abs,
                                    act_range_source=range_source, float_outputs=float_outputs), float_outputs)
@@ -213,28 +225,119 @@ def shards(length: int, batch_size: int, count: int) -> list[Shard]:
 
 
 def evaluate_shard(graph: Graph, qgraph: QuantizedGraph, source: DataSource, reference: "Fp32Reference | None",
-                   shard: Shard, progress: bool = False, float_outputs: FloatOutputs | None = None) -> ShardResult:
+                   shard: Shard, progress: bool = False, float_outputs: FloatOutputs | None = None,
+                   ahead: "Fp32Ahead | None" = None) -> ShardResult:
     """Integer engine (and FP32 model, unless `reference` holds its outputs) on one shard, batch by batch; a
-    batch calibration already ran through the FP32 model takes its output from `float_outputs`."""
+    batch calibration already ran through the FP32 model takes its output from `float_outputs`. `ahead`: the
+    shard's batches with their FP32 outputs computed on a background thread (`reference` is then None)."""
     metrics, overflow = StreamingDeviation(), {}
     if reference is None:
         FP32_PASSES[0] += 1
+    batches = ahead if ahead is not None else _with_reference(graph, source, reference, shard, float_outputs)
     with progress_bar(shard.stop - shard.start, "evaluating", progress) as bar:
-        at = shard.start
-        for xb, yb in source.batches(shard.batch_size, shard.start, shard.stop):
-            if reference is None:
-                ref = float_outputs.get(xb) if float_outputs is not None else None
-                if ref is None:
-                    ref = execute_float(graph, xb, dtype=np.float32)
-            else:
-                ref = reference.rows(at, at + len(xb))
-            result = execute(qgraph, xb, keep_all=False)
-            metrics.update(ref, dequantize_output(qgraph, result.output(qgraph)), yb)
+        for xb, yb, ref in batches:
+            try:
+                result = execute(qgraph, xb, keep_all=False)
+            except Exception:
+                ref()   # run one batch at a time, this batch's FP32 error (if any) came first
+                raise
+            metrics.update(ref(), dequantize_output(qgraph, result.output(qgraph)), yb)
             for name, events in result.overflow_events.items():
                 overflow[name] = overflow.get(name, 0) + events
-            at += len(xb)
             bar.update(len(xb))
     return ShardResult(metrics, overflow)
+
+
+Batch = tuple[np.ndarray, "np.ndarray | None", Callable[[], np.ndarray]]   # x, labels, its FP32 output (waits)
+
+
+def _fp32_output(graph: Graph, xb: np.ndarray, float_outputs: FloatOutputs | None,
+                 each: Callable[[str, np.ndarray], None] | None = None) -> np.ndarray:
+    """The FP32 model's output of one batch: calibration's, if it ran this batch, else a float32 pass."""
+    ref = float_outputs.get(xb) if float_outputs is not None else None
+    return execute_float(graph, xb, dtype=np.float32, each=each) if ref is None else ref
+
+
+def _with_reference(graph: Graph, source: DataSource, reference: "Fp32Reference | None", shard: Shard,
+                    float_outputs: FloatOutputs | None) -> Iterator[Batch]:
+    """A shard's batches with their FP32 outputs, computed here, batch by batch (or read from `reference`)."""
+    at = shard.start
+    for xb, yb in source.batches(shard.batch_size, shard.start, shard.stop):
+        if reference is None:
+            ref = _fp32_output(graph, xb, float_outputs)
+        else:
+            ref = reference.rows(at, at + len(xb))
+        at += len(xb)
+        yield xb, yb, (lambda ref=ref: ref)
+
+
+class _Stopped(Exception):
+    """Raised inside an FP32 pass that Fp32Ahead.close abandoned."""
+
+
+class Fp32Ahead:
+    """A shard's batches with their FP32 outputs computed on one background thread, so the FP32 model runs
+    while this thread quantizes and runs the integer engine (torch releases the GIL in its kernels; much of
+    quantization and the engine's first call is single-threaded, which left a core idle).
+
+    Started before quantization: batch 0 is read and its FP32 pass begins at once. Iterating yields
+    (x, y, output) in order, `output()` waiting for that batch's FP32 result; batch i+1 is read (and its pass
+    queued) when batch i is handed out, so at most two batches and their outputs are held whatever the
+    dataset's size. The outputs are the same arrays as a pass on the calling thread (same float32 ops on the
+    same bytes), and errors keep their order: a read error of batch i+1 is raised after batch i is done, an FP32
+    error of a batch when its output is asked for. `close` (always: use `with`) abandons the running pass
+    after its current node and joins the thread, so an error or Ctrl-C elsewhere never waits for it."""
+
+    def __init__(self, graph: Graph, source: DataSource, shard: Shard, float_outputs: FloatOutputs | None):
+        self._graph, self._float_outputs = graph, float_outputs
+        self._reader = source.batches(shard.batch_size, shard.start, shard.stop)
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tersim-fp32")
+        self._pending: deque[tuple[np.ndarray | None, np.ndarray | None, Future | BaseException]] = deque()
+        self._read_next()
+
+    def _read_next(self) -> None:
+        try:
+            xb, yb = next(self._reader)
+        except StopIteration:
+            return
+        except Exception as exc:   # raised when the batches before it are done, as when read in turn
+            self._pending.append((None, None, exc))
+            return
+        self._pending.append((xb, yb, self._pool.submit(_fp32_output, self._graph, xb, self._float_outputs,
+                                                         self._check_stop)))
+
+    def _check_stop(self, name: str, value: np.ndarray) -> None:
+        if self._stop.is_set():
+            raise _Stopped(name)
+
+    def __iter__(self) -> Iterator[Batch]:
+        while self._pending:
+            xb, yb, job = self._pending.popleft()
+            if isinstance(job, BaseException):
+                raise job
+            if not self._pending:
+                self._read_next()
+            yield xb, yb, job.result
+
+    def close(self) -> None:
+        self._stop.set()
+        self._pending.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._reader.close()
+
+    def __enter__(self) -> "Fp32Ahead":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def in_process(source: DataSource, *, jobs: int | None = None, workers: int | None = None,
+               dask: object = None) -> bool:
+    """Does `evaluate_source` run `source` in this process, as one shard (no jobs/workers/dask, or a
+    DataLoader, which is read from its start only)?"""
+    return not ((jobs or 1) > 1 or workers or dask is not None) or source.loader is not None
 
 
 def _evaluate_shard_task(graph: Graph, qgraph: QuantizedGraph, source: DataSource, reference,
@@ -245,13 +348,13 @@ def _evaluate_shard_task(graph: Graph, qgraph: QuantizedGraph, source: DataSourc
 def evaluate_source(graph: Graph, qgraph: QuantizedGraph, source: DataSource, *, batch_size: int = 64,
                     reference: "Fp32Reference | None" = None, progress: bool = False, jobs: int | None = None,
                     workers: int | None = None, dask: object = None,
-                    float_outputs: FloatOutputs | None = None) -> ShardResult:
+                    float_outputs: FloatOutputs | None = None, ahead: Fp32Ahead | None = None) -> ShardResult:
     """The whole source through the quantized graph (and the FP32 model, unless `reference` holds its
-    outputs): in this process, or split into shards over processes / a dask cluster, counts merged exactly."""
-    parallel = (jobs or 1) > 1 or workers or dask is not None
-    if not parallel or source.loader is not None:
+    outputs): in this process, or split into shards over processes / a dask cluster, counts merged exactly.
+    `ahead` (from `in_process`): the FP32 outputs of an in-process evaluation, started earlier."""
+    if in_process(source, jobs=jobs, workers=workers, dask=dask):
         return evaluate_shard(graph, qgraph, source, reference, Shard(0, source.length, batch_size), progress,
-                              float_outputs)
+                              float_outputs, ahead)
     from tersim.parallel import spread
 
     count = 4 * (jobs or workers or 2)  # a few shards per worker balance uneven speeds
@@ -365,10 +468,20 @@ def evaluate(hw: Accelerator | str | Path, model: Graph | str | Path, options: R
     that differ only in hardware share it. `options`/keywords and `reference` as for `run` (`timing` is not
     used here)."""
     options = RunOptions.of(options, **changes)
-    p = prepare(hw, model, options)
-    total = evaluate_source(p.graph, p.qgraph, p.source, batch_size=options.batch_size, reference=reference,
-                            progress=progress and not options.quiet, float_outputs=p.float_outputs,
-                            **options.where())
+    with ExitStack() as stack:
+        ahead: list[Fp32Ahead] = []
+
+        def start_fp32(graph: Graph, source: DataSource, float_outputs: FloatOutputs | None) -> None:
+            """In this process without a given reference: the FP32 pass runs on a thread from here on."""
+            if reference is None and source.loader is None and in_process(source, **options.where()):
+                ahead.append(stack.enter_context(Fp32Ahead(graph, source, Shard(0, source.length,
+                                                                                 options.batch_size),
+                                                           float_outputs)))
+
+        p = _prepare(hw, model, options, before_quantize=start_fp32)
+        total = evaluate_source(p.graph, p.qgraph, p.source, batch_size=options.batch_size, reference=reference,
+                                progress=progress and not options.quiet, float_outputs=p.float_outputs,
+                                ahead=ahead[0] if ahead else None, **options.where())
     return Evaluated(p.hw, p.graph, p.source, p.qgraph, p.float_outputs, total.overflow, total.metrics.result())
 
 
