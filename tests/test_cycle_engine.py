@@ -411,3 +411,97 @@ def test_int32_alphas_give_the_exact_64_bit_products(dataflow):
                             1, out_t, np.zeros(1, np.int32))
             out = out_t.T
         np.testing.assert_array_equal(out, want)
+
+
+bound_cases = st.fixed_dictionaries({
+    "S": st.integers(1, 6), "K": st.integers(1, 12), "T": st.integers(1, 6), "group": st.integers(1, 5),
+    "x_max": st.sampled_from([1, 127, 128, 255, 2**12]), "w_max": st.sampled_from([1, 127]),
+    "alpha_max": st.sampled_from([1, 255, 2**16]), "bias_max": st.sampled_from([0, 3000, 2**20]),
+    "acc_bits": st.integers(4, 40), "seed": st.integers(0, 2**16),
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(bound_cases)
+def test_in_range_bound_is_sound(case):
+    """When sums_stay_in_range says a GEMM's accumulators cannot leave [lo, hi] (the stepping then skips
+    clamping and uses int32 accumulators), every value an accumulator takes, in the array's order (bias, then
+    one product per group end), is within the range and an int32; int8 -128 and the largest operands
+    included."""
+    from tersim.kernels.systolic import sums_stay_in_range
+
+    c = case
+    rng = np.random.default_rng(c["seed"])
+    S, K, T = c["S"], c["K"], c["T"]
+    stat = rng.integers(-c["w_max"], c["w_max"] + 1, (S, K))
+    strm = rng.integers(-c["x_max"], c["x_max"] + 1, (K, T))
+    stat.flat[0], strm.flat[0] = -c["w_max"], -c["x_max"]           # the extremes are present (int8 -128)
+    ends = np.zeros(K, np.bool_)
+    ends[c["group"] - 1::c["group"]] = True
+    ends[K - 1] = True
+    alpha = rng.integers(0, c["alpha_max"] + 1, (S, int(ends.sum())))
+    bias = rng.integers(-c["bias_max"], c["bias_max"] + 1, S)
+    lo, hi = -(2 ** (c["acc_bits"] - 1)), 2 ** (c["acc_bits"] - 1) - 1
+    if not sums_stay_in_range(stat, strm, ends, alpha, bias, lo, hi):
+        return
+    group_of = np.cumsum(np.r_[0, ends[:-1]])
+    for s in range(S):
+        for t in range(T):
+            value = int(bias[s])
+            for g in range(int(ends.sum())):
+                k = group_of == g
+                value += int((stat[s, k] * strm[k, t]).sum()) * int(alpha[s, g])
+                assert lo <= value <= hi and -2**31 <= value < 2**31
+
+
+def test_in_range_bound_refuses_what_it_cannot_bound():
+    """Floats (the FP32 baseline: not clamped), two scales (the product subtracts), a bias out of range and
+    operands whose worst case reaches half the range all keep the clamping stepping; ResNet-50's 8-bit ternary
+    layers on a 32-bit accumulator (K = 4608, N = 4, alpha < 256) take the fast one."""
+    from tersim.kernels.systolic import sums_stay_in_range
+
+    K = 4608
+    ends = np.zeros(K, np.bool_)
+    ends[3::4] = True
+    x = np.full((K, 49), 255, np.int16)
+    w = np.ones((16, K), np.int16)
+    alpha, bias = np.full((16, K // 4), 255, np.int32), np.zeros(16, np.int64)
+    lo, hi = -2**31, 2**31 - 1
+    assert sums_stay_in_range(w, x, ends, alpha, bias, lo, hi)
+    assert not sums_stay_in_range(w, x, ends, alpha, bias, lo, hi, alpha)            # two scales
+    assert not sums_stay_in_range(w.astype(np.float32), x.astype(np.float32), ends, alpha, bias, lo, hi)
+    assert not sums_stay_in_range(w, x, ends, alpha, np.full(16, 2**31, np.int64), lo, hi)
+    assert not sums_stay_in_range(w, x, ends, alpha * 8, bias, lo, hi)               # 3.1e9 > 2**30
+    assert not sums_stay_in_range(w, x, ends, alpha, bias, -2**23, 2**23 - 1)        # a 24-bit accumulator
+
+
+@pytest.mark.parametrize("acc_bits", [28, 30, 32, 40])
+@pytest.mark.parametrize("wrap", [False, True])
+def test_fast_and_clamping_stepping_agree_at_the_bound(acc_bits, wrap):
+    """Operands whose worst case (~5.4e8) is inside the fast path's bound on a 32-bit or wider accumulator and
+    outside it on a 30- or 28-bit one (the stepping switches between adding into int32 accumulators and clamping
+    into int64 ones): outputs and counters equal the serial stepping, which always clamps. The 28-bit
+    accumulator overflows, the 30-bit one is clamped-checked without overflowing."""
+    from serial_systolic import serial_stream_gemm
+
+    from tersim.kernels.systolic import OVERFLOW_EVENTS, run_stream_gemm, sums_stay_in_range
+
+    rng = np.random.default_rng(acc_bits)
+    S, K, T = 7, 16, 9
+    stat = np.ones((S, K), np.int32)                      # same-sign products: the sums grow as fast as they can
+    strm = rng.integers(2**12, 2**13, (K, T)).astype(np.int32)
+    ends = np.zeros(K, np.bool_)
+    ends[3::4] = True
+    gidx = np.cumsum(np.r_[0, ends[:-1]]).astype(np.int64)
+    alpha = rng.integers(2**11, 2**12, (S, 4)).astype(np.int64)
+    bias = rng.integers(-1000, 1000, S).astype(np.int64)
+    lo, hi = -(2 ** (acc_bits - 1)), 2 ** (acc_bits - 1) - 1
+    args = (stat, strm, ends, gidx, alpha, bias, False, 4, 3, 5, lo, hi, wrap, 0, 1)
+    ref, out = np.zeros((T, S), np.int64), np.zeros((T, S), np.int64)
+    want = serial_stream_gemm(*args, ref, np.zeros(1, np.int32))
+    got = run_stream_gemm(*args, out, np.zeros(1, np.int32))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(out, ref)
+    assert sums_stay_in_range(stat, strm, ends, alpha, bias, lo, hi) == (acc_bits >= 32)
+    sums = bias[:, None] + np.cumsum((strm.reshape(4, 4, T).sum(1))[None] * alpha[:, :, None], axis=1).max(1)
+    assert (want[OVERFLOW_EVENTS] > 0) == (sums.max() > hi) == (acc_bits == 28)

@@ -125,13 +125,17 @@ def test_kbit_group_quantizer_levels_and_gradient():
 
 # ------------------------------------------------------------------------------------ the datapath mirror
 
-def test_float_plan_matches_float_graph(graph):
-    from tersim.frontend import execute_float
+def test_float_plan_matches_float_graph(graph, monkeypatch):
+    """The float plan computes the float graph: bit for bit what execute_float computes with the same (NCHW)
+    convolutions, and within float32 rounding of its channels_last pass."""
+    from tersim.frontend import execute_float, float_exec
 
     x = load_dataset(DATA)[0][:32]
     net = GraphNet(graph)
     with torch.no_grad():
         out = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(out, execute_float(graph, x, dtype=np.float32), rtol=1e-5, atol=1e-5)
+    monkeypatch.setitem(float_exec.FLOAT32_OPS, "conv2d", float_exec.OPS["conv2d"])
     assert np.array_equal(out, execute_float(graph, x, dtype=np.float32))
 
 

@@ -101,7 +101,7 @@ def failing_conv(node, xs, p):
 
 
 def test_fp32_error_on_the_thread_is_the_same_one_line_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(float_exec.OPS, "conv2d", failing_conv)
+    monkeypatch.setitem(float_exec.FLOAT32_OPS, "conv2d", failing_conv)
     assert main(["run", str(HW), str(MODEL), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err == "tersim: error: node 'conv2d': no float rule for this conv\n"
@@ -111,7 +111,7 @@ def test_fp32_error_on_the_thread_is_the_same_one_line_error(tmp_path, capsys, m
 
 def test_fp32_error_wins_over_the_integer_error_of_the_same_batch(monkeypatch):
     """Serially the FP32 pass of a batch ran before its integer run: its error is the one raised."""
-    monkeypatch.setitem(float_exec.OPS, "conv2d", failing_conv)
+    monkeypatch.setitem(float_exec.FLOAT32_OPS, "conv2d", failing_conv)
 
     def failing_execute(*args, **kwargs):
         raise ValueError("integer engine failed")
@@ -129,7 +129,7 @@ def slow_conv(node, xs, p):
 
 def test_an_interrupt_abandons_the_running_fp32_pass(monkeypatch, digits_graph):
     """The pass of 8 convs would take >= 8 s: close() stops it after its current node."""
-    monkeypatch.setitem(float_exec.OPS, "conv2d", slow_conv)
+    monkeypatch.setitem(float_exec.FLOAT32_OPS, "conv2d", slow_conv)
 
     def interrupted(*args, **kwargs):
         time.sleep(0.5)   # the FP32 pass is inside its first conv
@@ -161,7 +161,7 @@ def execute(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C while the FP32 thread is inside a conv
     time.sleep(60)
 
-float_exec.OPS["conv2d"] = slow_conv
+float_exec.FLOAT32_OPS["conv2d"] = slow_conv   # the float32 pass's convolution
 pipeline.execute = execute
 code = main(sys.argv[1:])
 with open(os.environ["SECONDS_TO_EXIT"], "w") as fh:

@@ -84,3 +84,32 @@ def test_in_place_elementwise_ops_give_the_same_bits_and_leave_the_input_alone()
         np.testing.assert_array_equal(execute_float(graph, x, dtype=dtype),
                                       execute_float(graph, x, dtype=dtype, return_all=True)[graph.output])
     np.testing.assert_array_equal(x, before)
+
+
+def test_float32_pass_convolves_channels_last_and_returns_c_order(monkeypatch):
+    """float32 convolutions get their input channels_last (oneDNN's layout: no reorder per call), float64 ones
+    NCHW; the float32 outputs are NCHW's to float32 rounding, and every array returned is in C order."""
+    from tersim.frontend import float_exec
+
+    torch.manual_seed(0)
+    graph = lower_module(SelfAdd(), torch.randn(2, 3, 6, 6), "selfadd")
+    x = np.random.default_rng(1).standard_normal((3, 3, 6, 6)).astype(np.float32)
+    conv, seen = float_exec._conv2d, []
+
+    def spy(node, xs, p):   # what F.conv2d is given
+        seen.append(xs[0].is_contiguous(memory_format=torch.channels_last) and not xs[0].is_contiguous())
+        return conv(node, xs, p)
+
+    monkeypatch.setattr(float_exec, "_conv2d", spy)      # called by _conv2d_channels_last
+    y = execute_float(graph, x, dtype=np.float32)
+    every = execute_float(graph, x, dtype=np.float32, return_all=True)
+    assert seen == [True] * 4                             # two convolutions, two passes
+    assert y.flags.c_contiguous and all(v.flags.c_contiguous for v in every.values())
+    np.testing.assert_array_equal(y, every[graph.output])
+    seen.clear()
+    monkeypatch.setitem(float_exec.OPS, "conv2d", spy)
+    execute_float(graph, x, dtype=np.float64)
+    monkeypatch.setitem(float_exec.FLOAT32_OPS, "conv2d", spy)   # the float32 pass with NCHW convolutions
+    nchw = execute_float(graph, x, dtype=np.float32)
+    assert seen == [False] * 4
+    np.testing.assert_allclose(y, nchw, rtol=1e-5, atol=1e-6)

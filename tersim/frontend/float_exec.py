@@ -20,6 +20,18 @@ def _conv2d(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
     return F.conv2d(xs[0], p["weight"], p.get("bias"), a["stride"], a["padding"], a["dilation"], a["groups"])
 
 
+def _conv2d_channels_last(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
+    """execute_float's float32 convolution: its input channels_last, oneDNN's native CPU layout. An NCHW input
+    is reordered to it and back on every call, which cost a third of ResNet-50's FP32 pass
+    (benchmarks/fp32_layout.py). The output is channels_last too, so the next convolutions (and the elementwise
+    ops between them) convert nothing. The same float32 arithmetic summed in another order: ResNet-50's logits
+    are within float32 rounding of NCHW's (reports/run_phases.txt)."""
+    x = xs[0]
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return _conv2d(node, [x], p)
+
+
 def _linear(node: Node, xs: list[torch.Tensor], p: dict) -> torch.Tensor:
     return F.linear(xs[0], p["weight"], p.get("bias"))
 
@@ -83,6 +95,8 @@ OPS: dict[str, Callable[[Node, list[torch.Tensor], dict], torch.Tensor]] = {
     "flatten": _flatten,
     "concat": _concat,
 }
+# execute_float's ops in float32 (float64, verify's reference, has no oneDNN path; fine-tuning and export use OPS)
+FLOAT32_OPS = {**OPS, "conv2d": _conv2d_channels_last}
 
 # Elementwise ops that may write into their first input when nothing else reads it: the same float
 # operation on the same operands (same bits), without a fresh activation-sized buffer (whose page faults
@@ -129,6 +143,7 @@ def execute_float(graph: Graph, x: np.ndarray, dtype=np.float64, return_all: boo
     x = np.asarray(x)
     if tuple(x.shape[1:]) != tuple(graph.input_shape):
         raise ValueError(f"{graph.name}: input batch shape {x.shape} does not match (N, *{graph.input_shape})")
+    ops = FLOAT32_OPS if tdtype == torch.float32 else OPS
     values: dict[str, torch.Tensor] = {}
     remaining_uses = graph.consumer_counts()
     owned: set[str] = set()   # activations this call allocated (never the caller's input or a weight)
@@ -143,7 +158,7 @@ def execute_float(graph: Graph, x: np.ndarray, dtype=np.float64, return_all: boo
                 if node.bias is not None:
                     params["bias"] = torch.from_numpy(node.bias).to(tdtype)
                 in_place = not return_all and _reusable_input(node, values, remaining_uses, owned, graph.output)
-                op = IN_PLACE[node.op] if in_place else OPS[node.op]
+                op = IN_PLACE[node.op] if in_place else ops[node.op]
                 values[node.name] = op(node, [values[i] for i in node.inputs], params)
                 if node.op in _ALLOCATING or (node.op == "flatten" and _last_reader_of_owned(node, remaining_uses,
                                                                                               owned, graph.output)):
@@ -155,9 +170,9 @@ def execute_float(graph: Graph, x: np.ndarray, dtype=np.float64, return_all: boo
                     remaining_uses[i] -= 1
                     if remaining_uses[i] == 0 and i != graph.output:
                         del values[i]
-    if return_all:
-        return {name: t.numpy() for name, t in values.items()}
-    return values[graph.output].numpy()
+    if return_all:   # in C order, whatever layout a node computed in (_conv2d_channels_last)
+        return {name: np.ascontiguousarray(t.numpy()) for name, t in values.items()}
+    return np.ascontiguousarray(values[graph.output].numpy())
 
 
 class FloatOutputs:
