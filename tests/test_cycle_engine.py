@@ -471,7 +471,7 @@ def test_in_range_bound_refuses_what_it_cannot_bound():
     assert not sums_stay_in_range(w, x, ends, alpha, bias, lo, hi, alpha)            # two scales
     assert not sums_stay_in_range(w.astype(np.float32), x.astype(np.float32), ends, alpha, bias, lo, hi)
     assert not sums_stay_in_range(w, x, ends, alpha, np.full(16, 2**31, np.int64), lo, hi)
-    assert not sums_stay_in_range(w, x, ends, alpha * 8, bias, lo, hi)               # 3.1e9 > 2**30
+    assert not sums_stay_in_range(w, x, ends, alpha * 8, bias, lo, hi)               # 2.4e9 > 2**30
     assert not sums_stay_in_range(w, x, ends, alpha, bias, -2**23, 2**23 - 1)        # a 24-bit accumulator
 
 
@@ -481,7 +481,7 @@ def test_fast_and_clamping_stepping_agree_at_the_bound(acc_bits, wrap):
     """Operands whose worst case (~5.4e8) is inside the fast path's bound on a 32-bit or wider accumulator and
     outside it on a 30- or 28-bit one (the stepping switches between adding into int32 accumulators and clamping
     into int64 ones): outputs and counters equal the serial stepping, which always clamps. The 28-bit
-    accumulator overflows, the 30-bit one is clamped-checked without overflowing."""
+    accumulator overflows; the 30-bit one takes the clamping path and does not overflow."""
     from serial_systolic import serial_stream_gemm
 
     from tersim.kernels.systolic import OVERFLOW_EVENTS, run_stream_gemm, sums_stay_in_range
