@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", default="main", help="git ref to compare with (default main)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=str(ROOT / "reports" / "cycle_engine.txt"))
+    parser.add_argument("--out", default=str(ROOT / "reports" / "cycle_engine.txt"), help="'-' = print only")
     args = parser.parse_args(argv)
     trees = {"this tree": ROOT, args.against: _tree_of(args.against)}
     load_before = os.getloadavg()
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"this tree {med[head][1]:6.2f} s  ({med[base][1] / med[head][1]:.2f}x)")
     text = "\n".join(lines)
     print(text)
+    if args.out == "-":
+        return 0
     out = Path(args.out)
     old = out.read_text() if out.exists() else ""
     keep = old.split(f"\n{SECTION}")[0].rstrip("\n") if old else ""
