@@ -48,6 +48,8 @@ import numpy as np
 from numba import get_num_threads, njit, prange, types
 from numba.extending import overload
 
+from tersim.kernels.common import max_abs
+
 # The counters a GEMM kernel returns (one int64 each, at these indices); `GemmCounters.of` names them.
 (STEPPED, LOAD, STREAM, FIRST_TILE_OVERHEAD, RELOAD_OVERHEAD, GROUP_STALL, OVERFLOW_EVENTS, GROUP_SUMS,
  N_COUNTERS) = range(9)
@@ -310,45 +312,20 @@ def stream_fold(stat, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, c
     return n_cycles, events
 
 
-def _is_integer(a):
-    """Does the array hold integers (a compile-time constant)?"""
-
-
-@overload(_is_integer, inline="always")
-def _is_integer_impl(a):
-    flag = isinstance(a.dtype, types.Integer)
-    return lambda a: flag
-
-
-@njit(cache=True, nogil=True)
-def _largest_magnitude(a):
-    """max |a| as a float (0.0 for an empty array)."""
-    m = 0.0
-    for v in a.ravel():
-        m = max(m, abs(float(v)))
-    return m
-
-
-@njit(cache=True, nogil=True)
-def sums_stay_in_range(stat_src, strm, ends_k, alpha, bias, lo, hi, alpha_neg=None):
+def sums_stay_in_range(stat_src: np.ndarray, strm: np.ndarray, ends_k: np.ndarray, alpha: np.ndarray,
+                       bias: np.ndarray, lo, hi, alpha_neg: np.ndarray | None = None) -> bool:
     """Does every accumulator of this GEMM stay in [lo, hi] after every step, whatever the operands' order?
 
-    |bias| + (group ends) x (longest group) x max|stationary| x max|streamed| x max|alpha| bounds every value an
-    accumulator takes. Below half of min(hi, -lo, 2**31), every clamp or wrap step is the identity and counts no
-    event (the margin covers the float64 bound's rounding), and the values fit int32. Integer operands and one
-    scale only (a two-scale product subtracts; floats are not clamped)."""
-    if not (_is_integer(stat_src) and _is_integer(strm)) or _scale_count(alpha_neg) != 1:
+    |bias| + (group ends) x (longest group) x max|stationary| x max|streamed| x max|alpha| (exact integers)
+    bounds every value an accumulator takes. Below half of min(hi, -lo, 2**31), every clamp or wrap step is the
+    identity with room to spare and counts no event, and the values fit int32. Integer operands and one scale
+    only (a two-scale product subtracts; floats are not clamped)."""
+    if alpha_neg is not None or stat_src.dtype.kind not in "iu" or strm.dtype.kind not in "iu":
         return False
-    ends, longest, run = 0, 0, 0
-    for k in range(ends_k.size):
-        run += 1
-        if ends_k[k]:
-            ends += 1
-            longest = max(longest, run)
-            run = 0
-    bound = _largest_magnitude(bias) + float(ends) * float(longest) * _largest_magnitude(stat_src) * \
-        _largest_magnitude(strm) * _largest_magnitude(alpha)
-    return bound < 0.5 * min(float(hi), -float(lo), 2.0 ** 31)
+    ends = np.flatnonzero(ends_k)
+    longest = int(np.diff(ends, prepend=-1).max()) if ends.size else 0   # a tail after the last end is never scaled
+    bound = max_abs(bias) + ends.size * longest * max_abs(stat_src) * max_abs(strm) * max_abs(alpha)
+    return 2 * bound < min(int(hi), -int(lo), 2**31)
 
 
 @njit(cache=True)
@@ -479,7 +456,7 @@ def run_stream_gemm(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, 
     accumulator) a group end only adds its product and the accumulators are int32: the same values and no
     events, and `run resnet50`'s simulate phase 1.10-1.15x faster (reports/cycle_engine.txt).
     """
-    in_range = bool(sums_stay_in_range(stat_src, strm, ends_k, alpha, bias, lo, hi, alpha_neg))
+    in_range = sums_stay_in_range(stat_src, strm, ends_k, alpha, bias, lo, hi, alpha_neg)
     acc_proto = np.zeros(1, np.int32 if in_range else out.dtype)
     threads = get_num_threads()
     if threads == 1:
