@@ -87,21 +87,27 @@ def stepped_matches(qgraph: QuantizedGraph, hw: Accelerator, outputs: dict[str, 
                     overflow: dict[str, int] | None = None) -> dict[str, bool]:
     """Per weighted layer: does the array, fed the first sample's input from `outputs` (an execution's
     integer tensors), reproduce that sample's output (and overflow count, when `overflow` is per sample)?"""
-    layers = _stepped_layers(qgraph)
-
     def same(item) -> bool:
         name, layer = item
         r = step_layer(layer, outputs[layer.node.inputs[0]][:1], qgraph, hw)
         return bool(np.array_equal(r.y, outputs[name][:1])) and (
             overflow is None or r.overflow_events == overflow[name])
 
-    return dict(zip((name for name, _ in layers), _map_layers(same, layers, [_cost(layer) for _, layer in layers])))
+    return _each_stepped_layer(same, qgraph)
 
 
 def _cost(layer) -> float:
     """A layer's stepping work, for ordering only: its codes times its output pixels (the MACs)."""
     shape = layer.node.shape
     return float(layer.codes.size) * float(np.prod(shape[1:]) if len(shape) > 1 else 1)
+
+
+def _each_stepped_layer(step: Callable, qgraph: QuantizedGraph) -> dict:
+    """{name: step((name, layer))} for every layer the array runs, stepped side by side (`_map_layers`, the
+    biggest first by `_cost`), in graph order."""
+    layers = _stepped_layers(qgraph)
+    results = _map_layers(step, layers, [_cost(layer) for _, layer in layers])
+    return dict(zip((name for name, _ in layers), results))
 
 
 def simulate_checked(qgraph: QuantizedGraph, hw: Accelerator, x: np.ndarray,
@@ -120,7 +126,6 @@ def simulate_checked(qgraph: QuantizedGraph, hw: Accelerator, x: np.ndarray,
 
     with _one_numba_thread_here():    # one sample is little work: a parallel launch per node costs more when
         sample = execute(qgraph, x[:1], keep_all=True)    # the other core is busy (reports/cycle_engine.txt)
-    layers = _stepped_layers(qgraph)
 
     def step(item) -> LayerSimulation:
         name, layer = item
@@ -135,4 +140,4 @@ def simulate_checked(qgraph: QuantizedGraph, hw: Accelerator, x: np.ndarray,
                 raise EngineError(f"layer '{name}': stepped cycles {r.cycles} differ from the analytic model's")
             return LayerSimulation(tern, baseline_layer_timing(shape, hw), "engine")
 
-    return dict(zip((name for name, _ in layers), _map_layers(step, layers, [_cost(layer) for _, layer in layers])))
+    return _each_stepped_layer(step, qgraph)
