@@ -1,4 +1,5 @@
-"""`python -m tersim`: Ctrl-C at any moment, even while torch is still importing, is one line and exit 130.
+"""`python -m tersim`: Ctrl-C at any moment, even while torch is still importing, is one line and exit 130 (pressed
+during the start-up imports, it takes effect when they end: tersim.interrupt).
 
 Why os._exit on 130: when Ctrl-C lands while C++ code runs Python through `PyRun_String` (pybind11 does during
 some imports), CPython marks the KeyboardInterrupt "unhandled" even though tersim catches it, and at exit kills
@@ -7,9 +8,11 @@ itself with SIGINT (exit status -2) instead of returning 130. Everything is writ
 import os
 import sys
 
-try:
-    from tersim.cli import main
+from tersim.interrupt import ctrl_c_held
 
+try:
+    with ctrl_c_held():  # an interrupt raised inside an import can be lost (tersim.interrupt)
+        from tersim.cli import main
     code = main()
 except KeyboardInterrupt:
     print("tersim: interrupted", file=sys.stderr)

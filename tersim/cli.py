@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 from tersim.errors import TersimError
+from tersim.interrupt import ctrl_c_held
 from tersim.options import (WHERE_FIELDS, RunOptions, add_hardware_flags, add_option_flags,  # noqa: F401
                             choices, finite_float, hardware_args, input_shape_arg, option_args, positive_int)
 
@@ -298,8 +299,9 @@ def _tune_memory() -> None:
         pass
 
 
-# Commands whose work runs on torch, Numba and pandas (the pipeline); `plot`, `zoo` and `--help` stay light.
+# Commands whose work runs on torch, Numba and pandas (the pipeline); `plot` and `--help` stay light.
 PIPELINE_COMMANDS = frozenset({"run", "verify", "sweep", "analyze", "finetune"})
+TORCH_COMMANDS = frozenset({"zoo", "export-zoo"})  # torch only
 
 
 def _import_pipeline_frozen() -> None:
@@ -336,8 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     _fast_teardown()
     try:
         args = build_parser().parse_args(argv)
-        if args.command in PIPELINE_COMMANDS:
-            _import_pipeline_frozen()
+        with ctrl_c_held():  # Ctrl-C inside torch's import would abort the process (tersim.interrupt)
+            if args.command in PIPELINE_COMMANDS:
+                _import_pipeline_frozen()
+            elif args.command in TORCH_COMMANDS:
+                import torch  # noqa: F401
         from tersim.finetune.cli import cmd_finetune
 
         command = {"run": cmd_run, "verify": cmd_verify, "sweep": cmd_sweep, "plot": cmd_plot,

@@ -592,6 +592,38 @@ def test_ctrl_c_during_start_up_is_quiet(when, tmp_path):
     assert err.strip() == "tersim: interrupted", err
 
 
+_HELD_CTRL_C = """
+import os, signal, time
+from tersim.interrupt import ctrl_c_held
+try:
+    with ctrl_c_held():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        print("held", flush=True)
+except KeyboardInterrupt:
+    print("raised at the end")
+signal.raise_signal(signal.SIGINT)  # after the block: Ctrl-C raises at once again
+"""
+
+
+def test_ctrl_c_during_the_imports_is_held_then_raised():
+    """Raised inside an import, the interrupt can abort the process (torch's pybind11 start-up) or be lost (a C
+    extension's initialisation, an import-lock weakref callback): held, it arrives when the block ends."""
+    out = subprocess.run([sys.executable, "-c", _HELD_CTRL_C], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split("\n")[:2] == ["held", "raised at the end"], out.stderr
+    assert out.returncode == -signal.SIGINT and out.stderr.strip().endswith("KeyboardInterrupt"), out.stderr
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+    """`nohup` and background jobs start tersim with SIGINT ignored; tersim must not take Ctrl-C back."""
+    code = ("import os, signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "from tersim.interrupt import ctrl_c_held\n"
+            "with ctrl_c_held(): os.kill(os.getpid(), signal.SIGINT)\n"
+            "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True", out.stderr
+
+
 @pytest.mark.parametrize("command", [[], ["run"], ["verify"], ["sweep"], ["plot"], ["export-zoo"], ["finetune"]])
 def test_every_help_still_works(command, capsys):
     with pytest.raises(SystemExit) as info:
