@@ -455,9 +455,10 @@ def test_in_range_bound_is_sound(case):
 
 
 def test_in_range_bound_refuses_what_it_cannot_bound():
-    """Floats (the FP32 baseline: not clamped), two scales (the product subtracts), a bias out of range and
-    operands whose worst case reaches half the range all keep the clamping stepping; ResNet-50's 8-bit ternary
-    layers on a 32-bit accumulator (K = 4608, N = 4, alpha < 256) take the fast one."""
+    """Floats (the FP32 baseline: not clamped; float scales or bias, which max_abs would truncate), two scales
+    (the product subtracts), a bias out of range and operands whose worst case reaches half the range all keep
+    the clamping stepping; ResNet-50's 8-bit ternary layers on a 32-bit accumulator (K = 4608, N = 4,
+    alpha < 256) take the fast one."""
     from tersim.kernels.systolic import sums_stay_in_range
 
     K = 4608
@@ -470,6 +471,8 @@ def test_in_range_bound_refuses_what_it_cannot_bound():
     assert sums_stay_in_range(w, x, ends, alpha, bias, lo, hi)
     assert not sums_stay_in_range(w, x, ends, alpha, bias, lo, hi, alpha)            # two scales
     assert not sums_stay_in_range(w.astype(np.float32), x.astype(np.float32), ends, alpha, bias, lo, hi)
+    assert not sums_stay_in_range(w, x, ends, np.full(alpha.shape, 0.5), bias, lo, hi)  # float scale (int: 0)
+    assert not sums_stay_in_range(w, x, ends, alpha, bias.astype(np.float64), lo, hi)
     assert not sums_stay_in_range(w, x, ends, alpha, np.full(16, 2**31, np.int64), lo, hi)
     assert not sums_stay_in_range(w, x, ends, alpha * 8, bias, lo, hi)               # 2.4e9 > 2**30
     assert not sums_stay_in_range(w, x, ends, alpha, bias, -2**23, 2**23 - 1)        # a 24-bit accumulator

@@ -318,9 +318,10 @@ def sums_stay_in_range(stat_src: np.ndarray, strm: np.ndarray, ends_k: np.ndarra
 
     |bias| + (group ends) x (longest group) x max|stationary| x max|streamed| x max|alpha| (exact integers)
     bounds every value an accumulator takes. Below half of min(hi, -lo, 2**31), every clamp or wrap step is the
-    identity with room to spare and counts no event, and the values fit int32. Integer operands and one scale
-    only (a two-scale product subtracts; floats are not clamped)."""
-    if alpha_neg is not None or stat_src.dtype.kind not in "iu" or strm.dtype.kind not in "iu":
+    identity with room to spare and counts no event, and the values fit int32. Integer operands, scales and
+    bias, and one scale only (a two-scale product subtracts; floats are not clamped, and max_abs would truncate
+    a float scale, so the bound would not hold)."""
+    if alpha_neg is not None or any(a.dtype.kind not in "iu" for a in (stat_src, strm, alpha, bias)):
         return False
     ends = np.flatnonzero(ends_k)
     longest = int(np.diff(ends, prepend=-1).max()) if ends.size else 0   # a tail after the last end is never scaled
