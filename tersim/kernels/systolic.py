@@ -3,21 +3,20 @@
 One GEMM (K reduction, an operand streamed in time, one laid across the columns) runs fold by fold on a
 rows x cols array; every cycle every PE register is updated.
 
-Register files are flat arrays of (rows + 1) lines of `width` = cols + 1 slots: slot 0 of a PE line is
-that row's input port (the streamed operand enters there), slot 1 + c the PE in column c; one more line
-is the port line where values enter from the top (ws/is: line 0, above PE row 0 on line 1; os lists the
-rows bottom-up with the port line last, so its tables are read in increasing address order). Every
-cycle is one pass over the flat arrays: a value moves one column right by reading slot j - 1, one row
-down by reading the slot one line up; port slots hold no PE (stationary operand 0), so what they
-compute is 0 and never read. The passes index with unsigned offsets and create no array views, so they
-vectorise and pay no reference counting per cycle (see reports/cycle_engine.txt for the rate).
+Register files are flat arrays of lines, one line per PE row, plus one more line where values enter from
+the top. Every cycle is one pass over the flat arrays; a value moves one row down by reading the slot one
+line up. The passes index with unsigned offsets and create no array views, so they vectorise and pay no
+reference counting per cycle (see reports/cycle_engine.txt for the rate).
 
 * ws / is (`run_stream_gemm`): K on rows. The stationary tile (weights for ws, activations for is) is
   shifted in from the top, one row per cycle (`rows` load cycles: nothing computes, so `load_stationary`
   writes the state they leave and counts them). ws steps up to MAX_SEGMENTS column folds of one T tile
-  side by side, one register line holding them all (`stream_fold`). Then the streamed operand enters
-  at the left, row r delayed by r cycles (skew), and moves one column right per cycle; partial sums
-  move one row down per cycle. A PE adds `stationary * streamed` to the partial sum from above
+  side by side, interleaved in one register line (lane c * segments + m: column c of segment m), line 0
+  the partial sums entering from the top (`stream_fold`). Then the streamed operand enters at the left,
+  row r delayed by r cycles (skew), and moves one column right per cycle, so PE (r, c) meets element
+  tau - r - c at cycle tau: each fold's operands are laid out once in that order (`_operand_table`) and a
+  cycle reads one contiguous block per row instead of moving every operand register. Partial sums move
+  one row down per cycle. A PE adds `stationary * streamed` to the partial sum from above
   (ternary: +x, -x or a gated 0). The PE at the last row of an FGQ group sends the exact group sum to
   a group-scaling multiplier instead of down (its register is cleared, so the PE below starts from 0);
   the bottom row's unfinished group sum leaves the array and re-enters at the top in the next row fold
@@ -25,7 +24,9 @@ vectorise and pay no reference counting per cycle (see reports/cycle_engine.txt 
   Stream phase: T + rows + cols - 2 cycles (fill, T, drain).
 * os (`run_os_gemm`): pixels on rows, filters on columns, K in time: activations move right, weights
   move down (both skewed), every PE keeps its own partial sum and accumulator; at a group's last k the
-  PE's sum is scaled into its accumulator and restarts from 0.
+  PE's sum is scaled into its accumulator and restarts from 0. Its lines have cols + 1 slots: slot 0 a
+  row's activation port, slot 1 + c the PE in column c (a value moves one column right by reading slot
+  j - 1); port slots hold no PE, so what they compute is never read.
 
 Group scaling: psum * alpha then one clamp/wrap step of the accumulator (`_keep`), counted as an overflow
 event when the exact value is out of range. ws/is skip that step when a bound on the operands shows that no
@@ -205,65 +206,73 @@ def _enqueue(occ, arrivals, n_lanes, rate, kind):
 
 
 @njit(cache=True)
-def load_stationary(reg, src, s0, su, k0, ku, width):
+def load_stationary(reg, src, s0, su, k0, ku, cols):
     """Load the tiles src[s0[m] + c, k0 + r] (c < su[m]) into PE (r, c) of segment m; returns the load cycles.
-    A register line holds the segments side by side, `width` slots each (slot 0 a port, then the columns).
+    Line r of `reg` is PE row r, lane c * segments + m its column c of segment m (module docstring).
 
     The array shifts a tile in from the top, one row per cycle (`rows` cycles: the row entering at step i
     ends at row rows - 1 - i). Nothing is computed while it does, so the registers are written in the state
     those cycles leave them in (the shifting itself is tests/serial_systolic.py's) and the cycles are counted."""
-    line = width * s0.size
-    rows = reg.size // line - 1
+    segments = s0.size
+    line = cols * segments
+    rows = reg.size // line
     for r in range(rows):
-        for m in range(s0.size):
-            base = (r + 1) * line + m * width
-            reg[base] = 0
-            for c in range(width - 1):
-                reg[base + 1 + c] = src[s0[m] + c, k0 + r] if (c < su[m] and r < ku) else 0
+        for c in range(cols):
+            for m in range(segments):
+                reg[r * line + c * segments + m] = src[s0[m] + c, k0 + r] if (c < su[m] and r < ku) else 0
     return rows
 
 
 @njit(cache=True)
-def stream_fold(stat, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, carry_in, carry_out, act, nact, ps,
-                nps, occ, arrivals, rate, kind, lo, hi, wrap, scale_neg=None, in_range=False):
+def _operand_table(table, src, k0, ku, t0, tn, n_cycles, segments):
+    """The streamed operand of one fold as every PE meets it: table[r, x * segments + m] = src[k0 + r, t0 + u]
+    with u = n_cycles - 1 - x - r, the same for every segment m, zero where u is outside [0, tn) or r >= ku.
+
+    Row r's port delays the stream by r cycles and each column passes it one PE right per cycle, so PE (r, c)
+    meets element u = tau - c - r at cycle tau: x = n_cycles - 1 - tau + c. One cycle's row reads one
+    contiguous block of the table, its lanes in the register line's order (`stream_fold`)."""
+    table[:] = 0
+    for r in range(ku):
+        for u in range(tn):
+            x = n_cycles - 1 - u - r
+            v = src[k0 + r, t0 + u]
+            for m in range(segments):
+                table[r, x * segments + m] = v
+
+
+@njit(cache=True)
+def stream_fold(stat, table, tn, su, end_rows, scale, n_in_time, acc, n_slots, carry_in, carry_out, ps, nps, occ,
+                arrivals, rate, kind, lo, hi, wrap, scale_neg=None, in_range=False):
     """The stream phase of one ws/is fold (tn + rows + cols - 2 cycles) on a loaded stationary tile.
 
-    stat, act / nact (this and next cycle's streamed operand), ps / nps (partial sums): flat register files
-    (module docstring) whose lines hold `segments` arrays side by side (width = cols + 1 slots each, slot 0 a
-    port): independent column folds of the same T tile and row fold, stepped in the same cycles so that every
-    per-cycle loop runs over all of them at once; their streamed operand is the same, every segment's port
-    gets it. ports (>= n_cycles, rows): what enters row r's port at each cycle (skewed, zero outside the
-    tile). end_rows: rows that end a group; their sums go to the multipliers and the row is cleared, so the
-    row below starts from 0. scale (rows, segments * width): alpha at [r, m * width + 1 + c] (ws); is (one
-    segment): alpha of time index n_slots - u at [r, u]. acc (>= n_slots, segments * width) and carry_*
-    (>= n_slots, segments * width) skewed: column c of segment m at lane m * width + 1 + c, port lanes stay 0.
-    scale_neg: alpha- laid out like scale (two scales: every group end sends two products to the
-    multipliers), None for one scale. su: the columns of the one segment's tile, for the FIFOs (only a single
-    segment may stall). in_range: no accumulator can leave [lo, hi] (`sums_stay_in_range`), so a group end
-    only adds its product: clamping or wrapping would leave every value as it is and count no event.
+    stat (rows lines), ps / nps (partial sums, this and next cycle; rows + 1 lines, line 0 the sums entering
+    from the top): flat register files (module docstring) whose lines hold `segments` arrays interleaved
+    (lane c * segments + m: column c of segment m), independent column folds of the same T tile and row fold,
+    stepped in the same cycles so that every per-cycle loop runs over all of them at once. Their streamed
+    operand is the same: table (`_operand_table`) holds what each row's PEs meet at each cycle. end_rows: rows
+    that end a group; their sums go to the multipliers and the row is cleared, so the row below starts from 0.
+    scale (rows, line): alpha at [r, c * segments + m] (ws); is (one segment): alpha of time index
+    n_slots - u at [r, u]. acc (>= n_slots, line) and carry_* (>= n_slots, line) skewed: lane c * segments + m
+    of line q holds column c of segment m at time index q - c. scale_neg: alpha- laid out like scale (two
+    scales: every group end sends two products to the multipliers), None for one scale. su: the columns of
+    the one segment's tile, for the FIFOs (only a single segment may stall). in_range: no accumulator can
+    leave [lo, hi] (`sums_stay_in_range`), so a group end only adds its product: clamping or wrapping would
+    leave every value as it is and count no event.
     Returns (cycles, overflow events).
     """
     n_scale = _scale_count(scale_neg)
     scn = _flat_or_none(scale_neg)
     line = acc.shape[1]
-    rows = ports.shape[1]
-    n = stat.size
+    rows = stat.size // line
     cols = n_slots - tn + 1
-    width = cols + 1
-    segments = line // width
+    segments = line // cols
     n_cycles = tn + rows + cols - 2
     events = 0
     queue = _may_stall(end_rows.size * n_scale, su, rate, kind)
-    accf, cin, cout, sc, pf = acc.reshape(-1), carry_in.reshape(-1), carry_out.reshape(-1), scale.reshape(-1), \
-        ports.reshape(-1)
-    L, W, R = U(line), U(width), U(rows)
+    accf, cin, cout, sc, opf = acc.reshape(-1), carry_in.reshape(-1), carry_out.reshape(-1), scale.reshape(-1), \
+        table.reshape(-1)
+    L, R, X = U(line), U(rows), U(table.shape[1])
     for tau in range(n_cycles):
-        src = U(tau) * R
-        for r in range(R):                        # the ports: row r's next element, skewed by r cycles
-            a = pf[src + r]
-            port = (r + U(1)) * L
-            for m in range(U(segments)):
-                act[port + m * W] = a
         if tau < n_slots:                         # partial sums entering from the top: the carry
             src = U(tau) * L
             for c in range(L):
@@ -271,17 +280,18 @@ def stream_fold(stat, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, c
         else:
             for c in range(L):
                 ps[c] = 0
-        for j in range(U(n) - L):                 # every PE: operand one slot right, sum one row down
-            a = act[j + L - U(1)]
-            nact[j + L] = a
-            nps[j + L] = ps[j] + stat[j + L] * a
+        x0 = U(n_cycles - 1 - tau) * U(segments)
+        for r in range(R):                        # every PE of row r: its operand, the sum from one row up
+            row, op = r * L, r * X + x0
+            for i in range(L):
+                nps[row + L + i] = ps[row + i] + stat[row + i] * opf[op + i]
         for e in range(end_rows.size):            # group sums leave their rows for the multipliers
             r = end_rows[e]
             q = tau - r
             row = U(r + 1) * L
             if 0 <= q < n_slots:                  # is: lane c holds time index q - c; ws: one alpha per column
                 dst = U(q) * L
-                alpha = U(r * scale.shape[1] + (n_slots - 1 - q if n_in_time else 0))
+                alpha = U(r * scale.shape[1] + (n_slots - q if n_in_time else 0))
                 if in_range:
                     for c in range(L):
                         accf[dst + c] += _group_product(nps[row + c], sc[alpha + c], scn, alpha + c)
@@ -307,7 +317,6 @@ def stream_fold(stat, ports, tn, su, end_rows, scale, n_in_time, acc, n_slots, c
             dst, bottom = U(q) * L, R * L
             for c in range(L):
                 cout[dst + c] = nps[bottom + c]
-        act, nact = nact, act
         ps, nps = nps, ps
     return n_cycles, events
 
@@ -330,8 +339,8 @@ def sums_stay_in_range(stat_src: np.ndarray, strm: np.ndarray, ends_k: np.ndarra
 
 
 @njit(cache=True)
-def _init_acc(acc, bias, n0, su, tn, width, n_in_time, lo, hi, wrap):
-    """Skewed accumulators acc[q, m * width + 1 + c] of the segments (column folds starting at filter n0[m]
+def _init_acc(acc, bias, n0, su, tn, n_in_time, lo, hi, wrap):
+    """Skewed accumulators acc[q, c * segments + m] of the segments (column folds starting at filter n0[m]
     (ws) or of time tile n0[0] (is)): bias (one clamp/wrap step) at real slots (time index q - c in [0, tn),
     c < su[m]), 0 elsewhere."""
     events = 0
@@ -341,13 +350,13 @@ def _init_acc(acc, bias, n0, su, tn, width, n_in_time, lo, hi, wrap):
             for t in range(tn):
                 b = bias[n0[m] + t] if n_in_time else bias[n0[m] + c]
                 events += (b < lo) | (b > hi)
-                acc[t + c, m * width + 1 + c] = _keep(b, lo, hi, wrap)
+                acc[t + c, c * su.size + m] = _keep(b, lo, hi, wrap)
     return events
 
 
 @njit(cache=True)
-def _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, width, n_in_time):
-    """Alpha of each row's group for this fold: per column of each segment m (ws: [r, m * width + 1 + c]) or
+def _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time):
+    """Alpha of each row's group for this fold: per column of each segment m (ws: [r, c * segments + m]) or
     per time index, reversed (is, one segment: time t at [r, n_slots - t])."""
     scale[:] = 0
     for r in range(ku):
@@ -358,7 +367,7 @@ def _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, width, n_i
         else:
             for m in range(su.size):
                 for c in range(su[m]):
-                    scale[r, m * width + 1 + c] = alpha[s0[m] + c, g]
+                    scale[r, c * su.size + m] = alpha[s0[m] + c, g]
 
 
 @njit(cache=True)
@@ -373,8 +382,8 @@ def _skew_ports(ports, src, i0, n_i, j0, n_j, slot0):
 
 @njit(cache=True)
 def _stream_tile(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, lo, hi, wrap, kind, rate, out, alpha_neg,
-                 s0, su, t0, tn, cols, reg, act, nact, ps, nps, ports, acc, carry_in, carry_out, scale, scale_neg, occ,
-                 arrivals, stats, in_range):
+                 s0, su, t0, tn, cols, reg, ps, nps, table, acc, carry_in, carry_out, scale, scale_neg, occ, arrivals,
+                 stats, in_range):
     """Column folds s0[m] (su[m] columns; su 0: an idle segment) x one T tile of run_stream_gemm, side by side
     (stream_fold's segments), every row fold, on the caller's scratch (registers, FIFOs, accumulators: any
     contents, every array is reset or overwritten before it is read). A tile starts from the bias, zero
@@ -382,27 +391,25 @@ def _stream_tile(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, lo,
     out[t0:t0 + tn, s0[m]:s0[m] + su[m]] and adds each fold's counters to stats."""
     n_scale = _scale_count(alpha_neg)
     K = stat_src.shape[1]
-    width = cols + 1
     n_slots = tn + cols - 1
+    n_cycles = tn + rows + cols - 2
     real = 0
     for m in range(su.size):
         real += su[m] > 0
-    stats[OVERFLOW_EVENTS] += _init_acc(acc, bias, np.full(1, t0) if n_in_time else s0, su, tn, width, n_in_time,
-                                        lo, hi, wrap)
+    stats[OVERFLOW_EVENTS] += _init_acc(acc, bias, np.full(1, t0) if n_in_time else s0, su, tn, n_in_time, lo, hi,
+                                        wrap)
     carry_in[:] = 0
     for k0 in range(0, K, rows):
         ku = min(rows, K - k0)
         end_rows = np.flatnonzero(ends_k[k0:k0 + ku])
-        _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, width, n_in_time)
+        _fold_scales(scale, alpha, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
         if alpha_neg is not None:
-            _fold_scales(scale_neg, alpha_neg, gidx, k0, ku, s0, su, t0, tn, n_slots, width, n_in_time)
-        _skew_ports(ports, strm, k0, ku, t0, tn, 0)
-        load = load_stationary(reg, stat_src, s0, su, k0, ku, width)
-        act[:] = 0
+            _fold_scales(scale_neg, alpha_neg, gidx, k0, ku, s0, su, t0, tn, n_slots, n_in_time)
+        _operand_table(table, strm, k0, ku, t0, tn, n_cycles, su.size)
+        load = load_stationary(reg, stat_src, s0, su, k0, ku, cols)
         ps[:] = 0
-        stream, ev = stream_fold(reg, ports, tn, su[0], end_rows, scale, n_in_time, acc, n_slots, carry_in,
-                                 carry_out, act, nact, ps, nps, occ, arrivals, rate, kind, lo, hi, wrap, scale_neg,
-                                 in_range)
+        stream, ev = stream_fold(reg, table, tn, su[0], end_rows, scale, n_in_time, acc, n_slots, carry_in,
+                                 carry_out, ps, nps, occ, arrivals, rate, kind, lo, hi, wrap, scale_neg, in_range)
         stall = _queue_drain(occ, rate) if kind != QUEUE_NONE else 0
         carry_in, carry_out = carry_out, carry_in
         stats[STEPPED] += (load + stream) * real
@@ -416,7 +423,7 @@ def _stream_tile(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, lo,
     for m in range(su.size):
         for c in range(su[m]):
             for t in range(tn):
-                out[t0 + t, s0[m] + c] = acc[t + c, m * width + 1 + c]
+                out[t0 + t, s0[m] + c] = acc[t + c, c * su.size + m]
 
 
 @njit(cache=True)
@@ -484,22 +491,18 @@ def _stream_worker(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, c
     once; accumulators of acc_proto's dtype), counters added to stats."""
     S = stat_src.shape[0]
     T = strm.shape[1]
-    width = cols + 1
     tile = min(t_tile, T)
     slots = tile + cols - 1
     n_tiles = (T + t_tile - 1) // t_tile
-    line = segments * width
-    n = (rows + 1) * line
-    reg = np.zeros(n, stat_src.dtype)
-    act = np.zeros(n, strm.dtype)
-    nact = np.zeros(n, strm.dtype)
-    ps = np.zeros(n, psum_proto.dtype)
-    nps = np.zeros(n, psum_proto.dtype)
-    ports = np.zeros((tile + rows + cols - 2, rows), strm.dtype)
+    line = segments * cols
+    reg = np.zeros(rows * line, stat_src.dtype)
+    ps = np.zeros((rows + 1) * line, psum_proto.dtype)
+    nps = np.zeros((rows + 1) * line, psum_proto.dtype)
+    table = np.zeros((rows, (tile + rows + 2 * cols - 3) * segments), strm.dtype)
     acc = np.zeros((slots, line), acc_proto.dtype)
     carry_in = np.zeros((slots, line), psum_proto.dtype)
     carry_out = np.zeros((slots, line), psum_proto.dtype)
-    scale = np.zeros((rows, slots + width if n_in_time else line), alpha.dtype)
+    scale = np.zeros((rows, slots + cols if n_in_time else line), alpha.dtype)
     scale_neg = _zeros_like_if(alpha_neg, scale)
     occ = np.zeros(cols if kind == QUEUE_PER_COLUMN else 1, np.int64)
     arrivals = np.zeros(cols, np.int64)
@@ -511,8 +514,8 @@ def _stream_worker(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, c
             s0[m] = min((group * segments + m) * cols, S)
             su[m] = min(cols, S - s0[m])
         _stream_tile(stat_src, strm, ends_k, gidx, alpha, bias, n_in_time, rows, lo, hi, wrap, kind, rate, out,
-                     alpha_neg, s0, su, t0, min(t_tile, T - t0), cols, reg, act, nact, ps, nps, ports, acc,
-                     carry_in, carry_out, scale, scale_neg, occ, arrivals, stats, in_range)
+                     alpha_neg, s0, su, t0, min(t_tile, T - t0), cols, reg, ps, nps, table, acc, carry_in,
+                     carry_out, scale, scale_neg, occ, arrivals, stats, in_range)
 
 
 @njit(cache=True, nogil=True)
